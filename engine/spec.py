@@ -1,0 +1,167 @@
+"""The job spec: the seed's command-line flags as data.
+
+One pydantic model serves the three `python -m engine....` entry points, presets (TOML), the queue
+(JSON in SQLite) and the engine server. Unknown keys are rejected by name; every error a user can
+cause names the field and the fix. Torch-free on purpose: the TUI and the daemon validate specs too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.resolutions import ASPECT_RATIOS
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+VIDEO_EXTENSIONS = (".mp4",)
+
+# Our wording of the reference's default negative prompt: the same list of defects, so the
+# unconditional branch steers away from the same things. Pass --negative_prompt to use another text.
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
+    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit "
+    "areas, underexposed and overexposed scenes, poor color balance, washed out colors, choppy "
+    "sequences, jerky movements, low frame rate, artifacting, color banding, unnatural transitions, "
+    "outdated special effects, fake elements, unconvincing visuals, poorly edited content, jump cuts, "
+    "visual noise, and flickering. Overall, the video is of poor quality."
+)
+
+Mode = Literal["video2world", "lvg", "bestofn"]
+
+
+class GenerationSpec(BaseModel):
+    """Everything a generation job needs. Field names equal the seed's flags."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    mode: Mode = "video2world"
+    # model
+    model_size: Literal["2B", "14B", "tiny"] = "2B"
+    resolution: Literal["480", "720"] = "720"
+    fps: Literal[10, 16] = 16
+    dit_path: str = ""
+    load_ema: bool = False
+    natten: bool = False
+    # inputs
+    prompt: str = ""
+    input_path: str = "assets/video2world/input0.jpg"
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    aspect_ratio: str = "16:9"
+    num_conditional_frames: Literal[1, 5] = 1
+    batch_input_json: Optional[str] = None
+    # sampling
+    guidance: float = 7.0
+    seed: int = 0
+    num_steps: int = Field(35, ge=1, le=1000)
+    # outputs
+    save_path: str = "output/generated_video.mp4"
+    # runtime
+    num_gpus: int = Field(1, ge=1, le=64)
+    disable_guardrail: bool = False
+    offload_guardrail: bool = False
+    disable_prompt_refiner: bool = False
+    offload_prompt_refiner: bool = False
+    offload_text_encoder: bool = False
+    downcast_text_encoder: bool = False
+    benchmark: bool = False
+    use_cuda_graphs: bool = False
+    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "natten"] = "auto"
+    # long video
+    num_chunks: int = Field(6, ge=1, le=1000)
+    # best-of-N
+    num_generations: int = Field(2, ge=1, le=1000)
+    num_critic_trials: int = Field(5, ge=1, le=100)
+    skip_generation: bool = False
+    checkpoint_dir: str = ""
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _aspect(cls, v: str) -> str:
+        if v not in ASPECT_RATIOS:
+            raise ValueError(f"{v!r} is not a known aspect ratio; use one of {', '.join(ASPECT_RATIOS)}")
+        return v
+
+    @field_validator("guidance")
+    @classmethod
+    def _guidance(cls, v: float) -> float:
+        if not (0.0 <= v <= 100.0):
+            raise ValueError(f"{v} is out of range; guidance is a weight between 0 and 100 (default 7)")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "GenerationSpec":
+        if self.natten and self.model_size != "tiny":
+            if self.resolution != "720" or self.aspect_ratio != "16:9":
+                raise ValueError(
+                    "natten: the sparse-attention checkpoints exist for 720p 16:9 only; "
+                    "set resolution = \"720\" and aspect_ratio = \"16:9\", or natten = false"
+                )
+        if self.mode == "lvg" and self.fps != 16:
+            raise ValueError("fps: long video (lvg) runs at 16 fps only; set fps = 16")
+        if self.mode == "lvg" and self.resolution != "720" and self.model_size != "tiny":
+            raise ValueError("resolution: long video (lvg) runs at 720p only; set resolution = \"720\"")
+        return self
+
+    # -- checks that touch the file system: run when the job starts, not when it is queued --
+
+    def input_kind(self, path: str | None = None) -> str:
+        """'image' or 'video' by extension; raises a one-sentence error naming input_path."""
+        p = (path or self.input_path).lower()
+        if p.endswith(IMAGE_EXTENSIONS):
+            return "image"
+        if p.endswith(VIDEO_EXTENSIONS):
+            return "video"
+        raise InputError(
+            f"input_path: {path or self.input_path!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"nor a video ({', '.join(VIDEO_EXTENSIONS)}); give a file of one of those types"
+        )
+
+    def check_input(self, path: str | None = None) -> None:
+        """Validate one conditioning input against this spec (existence, type, frame count rule)."""
+        p = path or self.input_path
+        kind = self.input_kind(p)
+        if kind == "image" and self.num_conditional_frames != 1:
+            raise InputError(
+                f"num_conditional_frames: {self.num_conditional_frames} frames were asked for but "
+                f"input_path {p!r} is an image (1 frame); use --num_conditional_frames 1 or give an .mp4"
+            )
+        if not os.path.isfile(p):
+            raise InputError(f"input_path: {p!r} does not exist; give the path of an image or .mp4 video")
+
+    def output_path(self) -> Path:
+        return Path(self.save_path)
+
+
+class InputError(ValueError):
+    """A mistake in a job's inputs the user can fix; the message is one sentence naming the field."""
+
+
+def format_validation_error(err: ValidationError, source: str = "") -> str:
+    """One line per problem: 'field: message'. `source` (a preset or file name) prefixes each."""
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "spec"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            known = ", ".join(sorted(GenerationSpec.model_fields))
+            msg = f"unknown key; known keys are: {known}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        prefix = f"{source}: " if source else ""
+        lines.append(f"{prefix}{field}: {msg}")
+    return "\n".join(lines)
+
+
+def spec_from_dict(data: dict, source: str = "") -> GenerationSpec:
+    """Build a spec or raise SpecError whose message is `format_validation_error`'s text."""
+    try:
+        return GenerationSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+
+
+class SpecError(ValueError):
+    """A spec that does not validate; the message names each bad field."""

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The two commands of the README:
+#   ./go        set up on first run, then open cosmos-tui (the tiny profile when no checkpoints exist)
+#   ./go test   set up on first run, then run the whole test suite
+# A GPU user who already has a CUDA build of torch in the venv keeps it: we install the CPU build
+# (torch==2.13.0) only when `import torch` fails.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${COSMOS_TUI_VENV:-.venv}"
+what="${1:-app}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "installing torch (CPU build; bring your own CUDA build for a GPU)..." >&2
+    "$PY" -m pip install -q --disable-pip-version-check "${COSMOS_TUI_TORCH:-torch==2.13.0}"
+fi
+extras=""
+[ "$what" = "test" ] && extras="[test]"
+stamp="$VENV/.cosmos-tui-$(cat pyproject.toml | sha1sum | cut -c1-12)-${what}"
+if [ ! -f "$stamp" ]; then
+    echo "installing cosmos-tui${extras} into $VENV ..." >&2
+    "$PY" -m pip install -q --disable-pip-version-check -e ".${extras}"
+    touch "$stamp"
+fi
+case "$what" in
+    test)
+        shift || true
+        exec "$PY" -m pytest -q -n 2 "$@"
+        ;;
+    app)
+        exec "$VENV/bin/cosmos-tui"
+        ;;
+    *)
+        exec "$VENV/bin/cosmos-tui" "$@"
+        ;;
+esac
