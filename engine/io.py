@@ -1,0 +1,405 @@
+"""Reading conditioning inputs and writing results: images/videos in, mp4 + sidecars out.
+
+Layouts and ranges (what the pipeline gets and gives back):
+  * A clip is a uint8 tensor [C, T, H, W] (C = 3, RGB). The pipeline adds the batch axis itself.
+  * `to_signed_unit(clip)` maps uint8 to float in [-1, 1] (x / 127.5 - 1), the range the VAE takes.
+  * `to_uint8(video)` is the way back for a decoded [-1, 1] float video: map to [0, 1], clamp,
+    then floor(x * 255 + 0.5) -- the reference's rounding, so our files match its files bit for bit
+    before the encoder.
+
+Sizes are (width, height) everywhere in this module's arguments, as in engine/resolutions.py;
+tensors are (..., H, W).
+
+torch is imported inside the functions that need it: the daemon and the CLI import this module for
+the torch-free helpers (sidecars, atomic JSON, the demo image) and must stay quick to start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from engine.spec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+# Where the tiny preset's input lives; `ensure_demo_input` draws it on first use.
+DEMO_INPUT_PATH = "assets/demo_input.png"
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _kind(path: str) -> str:
+    p = path.lower()
+    if p.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    if p.endswith(VIDEO_EXTENSIONS):
+        return "video"
+    raise InputError(
+        f"input_path: {path!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
+        f"nor a video ({', '.join(VIDEO_EXTENSIONS)}); give a file of one of those types"
+    )
+
+
+def read_image(path: str | os.PathLike) -> "np.ndarray":
+    """RGB image as uint8 [H, W, 3]. Alpha is dropped, palettes and greyscale are expanded."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(f"input_path: {path!r} does not exist; give the path of an image or .mp4 video")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError(f"input_path: {path!r} could not be read as an image ({err}); give a valid image") from None
+
+
+def probe_video(path: str | os.PathLike) -> dict:
+    """ffmpeg's view of a video: {'size': (w, h), 'fps': float, 'frames': int}. Counts by decoding,
+    because container frame counts are estimates and a short clip must be caught exactly."""
+    import imageio_ffmpeg
+
+    path = str(path)
+    gen = imageio_ffmpeg.read_frames(path)
+    try:
+        meta = next(gen)
+        frames = sum(1 for _ in gen)
+    except (RuntimeError, OSError, StopIteration) as err:
+        raise InputError(f"input_path: {path!r} could not be decoded as a video ({_first_line(err)}); give a valid .mp4") from None
+    finally:
+        gen.close()
+    return {"size": tuple(meta["size"]), "fps": float(meta.get("fps") or 0.0), "frames": frames}
+
+
+def read_video(path: str | os.PathLike, num_frames: int | None = None, last: bool = True) -> "np.ndarray":
+    """Frames of an .mp4 as uint8 [T, H, W, 3]: all of them, or the first/last `num_frames`.
+
+    Raises InputError naming input_path when the file is missing, can't be decoded, or holds fewer
+    than `num_frames` frames. The last N are kept in a ring buffer, so a long clip is never held whole.
+    """
+    import imageio_ffmpeg
+    import numpy as np
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(f"input_path: {path!r} does not exist; give the path of an image or .mp4 video")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    gen = imageio_ffmpeg.read_frames(path)
+    kept: deque | list
+    kept = deque(maxlen=num_frames) if (last and num_frames) else []
+    seen = 0
+    try:
+        meta = next(gen)
+        w, h = meta["size"]
+        for raw in gen:
+            seen += 1
+            kept.append(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3))
+            if not last and num_frames and seen >= num_frames:
+                break
+    except (RuntimeError, OSError, StopIteration, ValueError) as err:
+        raise InputError(f"input_path: {path!r} could not be decoded as a video ({_first_line(err)}); give a valid .mp4") from None
+    finally:
+        gen.close()
+    if seen == 0:
+        raise InputError(f"input_path: {path!r} holds no video frames; give a valid .mp4")
+    if num_frames is not None and seen < num_frames:
+        raise InputError(
+            f"input_path: {path!r} has {seen} frame{'s' if seen != 1 else ''} but {num_frames} are needed; "
+            f"give a video with at least {num_frames} frames"
+        )
+    return np.stack(list(kept))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# resize + crop
+
+
+def cover_size(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) to resize to so that both sides cover the target: the seed's rule,
+    scale = max(W_t/W_o, H_t/H_o), each side rounded up."""
+    (wo, ho), (wt, ht) = src_wh, dst_wh
+    scale = max(wt / wo, ht / ho)
+    return max(wt, math.ceil(scale * wo)), max(ht, math.ceil(scale * ho))
+
+
+def center_crop_box(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> tuple[int, int]:
+    """(left, top) of a centred crop, rounded the way torchvision's center_crop rounds."""
+    (w, h), (wt, ht) = src_wh, dst_wh
+    return int(round((w - wt) / 2.0)), int(round((h - ht) / 2.0))
+
+
+def resize_cover_crop(frames: "torch.Tensor | np.ndarray", width: int, height: int) -> "torch.Tensor":
+    """uint8 frames [T, H, W, 3] (numpy or torch) -> uint8 clip [3, T, height, width].
+
+    Bilinear with antialiasing on a float copy (downscaling without it aliases badly), rounded back
+    to uint8, then the centre `width` x `height` is cut out. A frame already at the target size
+    passes through untouched.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(frames)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {x.dtype} {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2)  # T, C, H, W: the layout interpolate resizes over
+    h0, w0 = x.shape[-2:]
+    if (w0, h0) != (width, height):
+        nw, nh = cover_size((w0, h0), (width, height))
+        if (nw, nh) != (w0, h0):
+            y = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            x = y.round_().clamp_(0, 255).to(torch.uint8)
+        left, top = center_crop_box((nw, nh), (width, height))
+        x = x[:, :, top : top + height, left : left + width]
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# conditioning clip
+
+
+def load_conditioning_clip(
+    path: str | os.PathLike, num_conditional_frames: int, width: int, height: int, total_frames: int
+) -> "torch.Tensor":
+    """The clip the pipeline encodes, uint8 [3, total_frames, height, width], built like the reference:
+
+    * an image becomes frame 0 and every other frame is black (zeros, not copies);
+    * a video gives its LAST `num_conditional_frames` frames (1 or 5), and the frames after them
+      repeat the last of those.
+
+    Only the conditioned latents matter downstream; the filler only has to be what the reference
+    feeds, so the VAE's causal encoder sees the same thing.
+    """
+    import torch
+
+    path = str(path)
+    if num_conditional_frames not in (1, 5):
+        raise InputError(f"num_conditional_frames: {num_conditional_frames} is not 1 or 5; use 1 or 5")
+    if total_frames < num_conditional_frames:
+        raise ValueError(f"total_frames {total_frames} < num_conditional_frames {num_conditional_frames}")
+    kind = _kind(path)
+    clip = torch.zeros((3, total_frames, height, width), dtype=torch.uint8)
+    if kind == "image":
+        if num_conditional_frames != 1:
+            raise InputError(
+                f"num_conditional_frames: {num_conditional_frames} frames were asked for but input_path "
+                f"{path!r} is an image (1 frame); use --num_conditional_frames 1 or give an .mp4"
+            )
+        clip[:, :1] = resize_cover_crop(read_image(path)[None], width, height)
+        return clip
+    frames = resize_cover_crop(read_video(path, num_conditional_frames, last=True), width, height)
+    n = frames.shape[1]
+    clip[:, :n] = frames
+    clip[:, n:] = frames[:, -1:]
+    return clip
+
+
+def to_signed_unit(clip: "torch.Tensor", dtype=None) -> "torch.Tensor":
+    """uint8 -> float in [-1, 1] (x / 127.5 - 1), layout unchanged."""
+    import torch
+
+    return clip.to(dtype or torch.float32) / 127.5 - 1.0
+
+
+def to_uint8(video: "torch.Tensor") -> "torch.Tensor":
+    """Float video in [-1, 1] -> uint8, the reference's rule: (x + 1) / 2, clamp to [0, 1],
+    floor(x * 255 + 0.5). Computed in float32 whatever the input dtype (bf16 would round twice)."""
+    import torch
+
+    x = (video.float() + 1.0) / 2.0
+    return torch.floor(x.clamp_(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps: int | float, quality: int = 7) -> Path:
+    """Write an H.264 mp4 (yuv420p) from a [3, T, H, W] clip: uint8, or float in [-1, 1].
+
+    Width and height must be even (yuv420p halves chroma); every table size is a multiple of 16.
+    macro_block_size 1 keeps the exact size instead of letting ffmpeg pad it. The file appears under
+    its name only when complete (written beside it, then renamed), so a watcher never sees half a video.
+    """
+    import imageio_ffmpeg
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    v = torch.as_tensor(video)
+    if v.ndim == 5:
+        if v.shape[0] != 1:
+            raise ValueError(f"write_video takes one video; got a batch of {v.shape[0]}")
+        v = v[0]
+    if v.ndim != 4 or v.shape[0] != 3:
+        raise ValueError(f"expected a video [3, T, H, W], got {tuple(v.shape)}")
+    if v.dtype != torch.uint8:
+        v = to_uint8(v)
+    _, t, h, w = v.shape
+    if w % 2 or h % 2:
+        raise ValueError(f"video size {w}x{h}: H.264 yuv420p needs even width and height")
+    frames = v.permute(1, 2, 3, 0).contiguous().numpy()  # T, H, W, C
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writer = imageio_ffmpeg.write_frames(
+        str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, quality=quality,
+        codec="libx264", macro_block_size=1, ffmpeg_log_level="error",
+    )
+    try:
+        writer.send(None)  # start ffmpeg
+        for i in range(t):
+            writer.send(np.ascontiguousarray(frames[i]))
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def write_image(path: str | os.PathLike, frame: "torch.Tensor | np.ndarray", quality: int = 95) -> Path:
+    """One frame [3, H, W] or [3, 1, H, W] (uint8, or float in [-1, 1]) as an image; format by suffix."""
+    import torch
+    from PIL import Image
+
+    f = torch.as_tensor(frame)
+    if f.ndim == 4:
+        f = f[:, 0]
+    if f.dtype != torch.uint8:
+        f = to_uint8(f)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(f.permute(1, 2, 0).contiguous().numpy())
+    kwargs = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else {}
+    img.save(path, **kwargs)
+    return path
+
+
+def sidecar_path(video_path: str | os.PathLike, suffix: str) -> Path:
+    """`out/clip.mp4` -> `out/clip.txt` / `out/clip.json`."""
+    return Path(video_path).with_suffix(suffix)
+
+
+def format_prompt_text(
+    prompt: str, negative_prompt: str | None = None, refined_prompt: str | Sequence[str] | None = None
+) -> str:
+    """The prompt sidecar's text: one "[Section]" header per part present, blank line between.
+    A list of refined prompts (one per long-video chunk) gets one numbered section each."""
+    parts = [("Prompt", prompt)]
+    if negative_prompt:
+        parts.append(("Negative Prompt", negative_prompt))
+    if isinstance(refined_prompt, str):
+        if refined_prompt:
+            parts.append(("Refined Prompt", refined_prompt))
+    elif refined_prompt:
+        for i, text in enumerate(refined_prompt, 1):
+            parts.append((f"Refined Prompt {i}", text))
+    return "\n\n".join(f"[{title}]\n{(body or '').strip()}" for title, body in parts) + "\n"
+
+
+def write_prompt_sidecar(
+    video_path: str | os.PathLike,
+    prompt: str,
+    negative_prompt: str | None = None,
+    refined_prompt: str | Sequence[str] | None = None,
+) -> Path:
+    """Write `<video stem>.txt` next to the video; returns its path."""
+    return write_text_atomic(sidecar_path(video_path, ".txt"), format_prompt_text(prompt, negative_prompt, refined_prompt))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`: a reader sees
+    the old file or the new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_job_record(
+    video_path: str | os.PathLike,
+    spec: Any,
+    seed: int | None = None,
+    timings: Mapping[str, float] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write `<video stem>.json`: the full job spec (every field, defaults included, so the file
+    alone reproduces the run), the seed actually used, timings in seconds, plus `extra` keys
+    (refined prompts, chunk list, ...). `spec` is a GenerationSpec or a plain dict."""
+    spec_dict = spec.model_dump(mode="json") if hasattr(spec, "model_dump") else dict(spec)
+    record = {
+        "video": Path(video_path).name,
+        "spec": spec_dict,
+        "seed": spec_dict.get("seed") if seed is None else seed,
+        "timings": dict(timings or {}),
+        **extra,
+    }
+    return write_json_atomic(sidecar_path(video_path, ".json"), record)
+
+
+# --------------------------------------------------------------------------------------------
+# demo input
+
+
+def ensure_demo_input(path: str | os.PathLike = DEMO_INPUT_PATH, size: tuple[int, int] = (320, 192)) -> Path:
+    """Draw the tiny preset's input image if it is missing (a colour gradient with a few shapes, so
+    resize/crop mistakes are visible); leave an existing file alone. Deterministic; PIL only."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    w, h = size
+    img = Image.new("RGB", (w, h))
+    px = img.load()
+    for y in range(h):
+        for x in range(w):
+            px[x, y] = (int(255 * x / (w - 1)), int(255 * y / (h - 1)), 160)
+    d = ImageDraw.Draw(img)
+    d.ellipse((w * 0.1, h * 0.2, w * 0.35, h * 0.62), fill=(250, 220, 40))
+    d.rectangle((w * 0.55, h * 0.45, w * 0.85, h * 0.85), fill=(30, 40, 200))
+    d.polygon([(w * 0.45, h * 0.1), (w * 0.6, h * 0.4), (w * 0.3, h * 0.4)], fill=(220, 30, 60))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def iter_frames_uint8(video: "torch.Tensor") -> Iterable["np.ndarray"]:
+    """[3, T, H, W] (uint8 or [-1, 1] float) -> HWC uint8 numpy frames, for thumbnails and critics."""
+    import torch
+
+    v = video if video.dtype == torch.uint8 else to_uint8(video)
+    for i in range(v.shape[1]):
+        yield v[:, i].permute(1, 2, 0).contiguous().numpy()
