@@ -1,0 +1,39 @@
+"""The three ways to run the pipeline: one video (video2world), a long video built chunk by chunk
+(lvg), and best-of-N with the critic (bestofn). `run_job` is the single entry point used by the
+command-line scripts, the engine server and `cosmos-tui run`."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from engine import events
+from engine.spec import GenerationSpec
+
+
+def run_job(spec: GenerationSpec, emit: events.Emit | None = None, pipeline=None,
+            cancel: threading.Event | None = None, job=None) -> list[str]:
+    """Run one job to completion and return the paths it wrote.
+
+    Raises engine.spec.InputError for mistakes the user can fix, engine.pipeline.GuardrailBlocked
+    when a check refuses, engine.pipeline.Cancelled when `cancel` is set.
+    """
+    from engine.modes import bestofn, lvg, video2world
+
+    ev = events.Emitter(emit, job)
+    runner: Callable = {"video2world": video2world.run, "lvg": lvg.run, "bestofn": bestofn.run}[spec.mode]
+    ev("started", mode=spec.mode, spec=spec.model_dump())
+    return runner(spec, ev, pipeline=pipeline, cancel=cancel)
+
+
+def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):
+    """The warm pipeline for this spec (or the one the caller passed), reporting to `ev`."""
+    from engine.pipeline import get_pipeline
+
+    if pipeline is not None:
+        pipeline.spec = spec
+        pipeline.set_emit(ev._emit, ev.job)
+        return pipeline
+    pipe = get_pipeline(spec, emit=ev._emit)
+    pipe.set_emit(ev._emit, ev.job)
+    return pipe

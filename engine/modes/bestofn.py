@@ -1,0 +1,92 @@
+"""Best-of-N: N generations with seeds seed+g, each scored by the critic, then a ranking.
+
+`save_path` is a directory. Per candidate: `<input stem>_seed<seed>.mp4` (+ .txt/.json), and from the
+critic `<video stem>_score<NNN>.json` / `.html`; finally `ranking.json` naming the winner.
+`--skip_generation` scores the mp4s already in the directory (the reference crashes on that path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import events
+from engine.spec import GenerationSpec
+
+
+def candidate_path(spec: GenerationSpec, seed: int) -> Path:
+    return Path(spec.save_path) / f"{Path(spec.input_path).stem}_seed{seed}.mp4"
+
+
+def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) -> list[str]:
+    from engine import critic
+    from engine.modes import pipeline_for
+    from engine.modes.video2world import write_result
+
+    out_dir = Path(spec.save_path)
+    if out_dir.suffix == ".mp4":
+        from engine.spec import InputError
+
+        raise InputError(f"save_path: best-of-N writes several files, so save_path must be a directory, "
+                         f"not {spec.save_path!r}; e.g. --save_path output/best-of-n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs: list[str] = []
+    pipe = None
+    if spec.skip_generation:
+        videos = sorted(p for p in out_dir.glob("*.mp4"))
+        if not videos:
+            from engine.spec import InputError
+
+            raise InputError(f"skip_generation: there are no .mp4 files in {out_dir} to score; "
+                             f"generate first or point --save_path at a folder of videos")
+        ev.log(f"scoring {len(videos)} existing videos in {out_dir}")
+    else:
+        spec.check_input()
+        pipe = pipeline_for(spec, ev, pipeline)
+        videos = []
+        for g in range(spec.num_generations):
+            seed = spec.seed + g
+            result = pipe.generate(spec.prompt, spec.input_path, seed=seed, cancel=cancel,
+                                   step_fields={"generation": g + 1, "num_generations": spec.num_generations})
+            path = candidate_path(spec, seed)
+            outputs += write_result(spec, result, path, ev)
+            videos.append(path)
+            ev("generation", generation=g + 1, total=spec.num_generations, seed=seed, path=str(path))
+        pipe.release_aux()
+
+    judge = _critic(spec, pipe, ev)
+    results = []
+    for i, video in enumerate(videos):
+        if cancel is not None and cancel.is_set():
+            from engine.pipeline import Cancelled
+
+            raise Cancelled("cancelled by the user")
+        texts = judge.critique(str(video), trials=spec.num_critic_trials, seed=spec.seed)
+        trials = [critic.parse_trial(t) for t in texts]
+        value = critic.score(trials)
+        paths = critic.write_report(video, trials, out_dir)
+        for p in paths:
+            outputs.append(str(p))
+            ev("output", path=str(p), kind="report")
+        answers = [t.answer for t in trials]
+        ev("critic", video=str(video), trial=None, total=len(trials), score=value, answers=answers, index=i + 1,
+           videos=len(videos))
+        results.append({"video": str(video), "score": value, "answers": answers,
+                        "report": [str(p) for p in paths]})
+    ranking = critic.write_ranking(results, out_dir / "ranking.json")
+    outputs.append(str(ranking))
+    ev("output", path=str(ranking), kind="ranking")
+    best = max(results, key=lambda r: r["score"]) if results else None
+    if best:
+        ev.log(f"best video: {best['video']} (score {best['score']:.2f})")
+    return outputs
+
+
+def _critic(spec: GenerationSpec, pipe, ev: events.Emitter):
+    import torch
+
+    from engine import checkpoints
+    from engine.models import reason
+
+    device = pipe.device if pipe is not None else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    path = spec.checkpoint_dir or checkpoints.reason_dir(spec)
+    return reason.build_reason(spec, path, device, offload=False)

@@ -1,0 +1,119 @@
+"""Long video: chunk k is conditioned on the last `num_conditional_frames` frames of chunk k-1.
+
+Differences from the reference, on purpose:
+- the conditioning frames pass between chunks in memory at full precision (the reference writes
+  them to a lossy JPEG / mp4 and reads them back);
+- after every chunk the partial video and a state directory are saved, so an interrupted job
+  resumes from the last finished chunk instead of starting over.
+
+State directory `<save_path>.lvg/`: `state.json` (spec fingerprint, chunks done), `chunk_<k>.npy`
+(the chunk's new uint8 frames, [3,T,H,W]) and `tail.pt` (the last n frames of the latest chunk, float32,
+the next chunk's conditioning). It is removed once the full video is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from engine import events
+from engine.spec import GenerationSpec
+
+# fields that change the generated frames; a resume with different values would splice two videos
+_FINGERPRINT_FIELDS = ("model_size", "resolution", "fps", "natten", "dit_path", "load_ema", "prompt",
+                       "input_path", "negative_prompt", "aspect_ratio", "num_conditional_frames", "guidance",
+                       "seed", "num_steps", "disable_prompt_refiner", "num_chunks")
+
+
+def fingerprint(spec: GenerationSpec) -> str:
+    data = {k: getattr(spec, k) for k in _FINGERPRINT_FIELDS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def state_dir(spec: GenerationSpec) -> Path:
+    p = Path(spec.save_path)
+    return p.with_name(p.name + ".lvg")
+
+
+def load_state(spec: GenerationSpec) -> dict:
+    d = state_dir(spec)
+    f = d / "state.json"
+    if not f.exists():
+        return {"fingerprint": fingerprint(spec), "chunks_done": 0, "refined_prompts": []}
+    state = json.loads(f.read_text())
+    if state.get("fingerprint") != fingerprint(spec):
+        raise_input(f"save_path: {d} holds a long video made with different settings; "
+                    f"delete that folder or choose another --save_path")
+    return state
+
+
+def raise_input(msg: str):
+    from engine.spec import InputError
+
+    raise InputError(msg)
+
+
+def _save_state(d: Path, state: dict) -> None:
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(d / "state.json")
+
+
+def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) -> list[str]:
+    import numpy as np
+    import torch
+
+    from engine import io
+    from engine.modes import pipeline_for
+    from engine.modes.video2world import write_result
+
+    spec.check_input()
+    n = spec.num_conditional_frames
+    state = load_state(spec)
+    d = state_dir(spec)
+    d.mkdir(parents=True, exist_ok=True)
+    if state["chunks_done"]:
+        ev.log(f"resuming long video at chunk {state['chunks_done'] + 1}/{spec.num_chunks}")
+    pipe = pipeline_for(spec, ev, pipeline)
+    out = Path(spec.save_path)
+    result = None
+    for k in range(state["chunks_done"], spec.num_chunks):
+        tail = torch.load(d / "tail.pt") if k > 0 else None
+        result = pipe.generate(
+            spec.prompt, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
+            # the refiner looks at the original input: the previous chunk exists only in memory
+            refine_input=spec.input_path, cancel=cancel,
+            step_fields={"chunk": k + 1, "num_chunks": spec.num_chunks},
+        )
+        frames = result.video if k == 0 else result.video[:, n:]
+        np.save(d / f"chunk_{k}.npy", io.to_uint8(frames).numpy())
+        torch.save(result.video[:, -n:].clone(), d / "tail.pt")
+        state["chunks_done"] = k + 1
+        state["refined_prompts"].append(result.refined_prompt)
+        _save_state(d, state)
+        full = _assemble(d, k + 1)
+        io.write_video(out, full, spec.fps)
+        ev("chunk", chunk=k + 1, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
+    if result is None:  # every chunk was already done: rebuild the outputs from the saved state
+        from engine.pipeline import GenerationResult
+
+        full = _assemble(d, spec.num_chunks)
+        result = GenerationResult(video=full, prompt=spec.prompt, refined_prompt=None,
+                                  negative_prompt=spec.negative_prompt, seed=spec.seed)
+    else:
+        result.video = _assemble(d, spec.num_chunks)
+    refined = [p for p in state["refined_prompts"] if p]
+    result.refined_prompt = "\n".join(f"chunk {i + 1}: {p}" for i, p in enumerate(state["refined_prompts"]) if p) or None
+    outputs = write_result(spec, result, out, ev, extra={"chunks": spec.num_chunks, "refined_prompts": refined,
+                                                          "frames": int(result.video.shape[1])})
+    shutil.rmtree(d, ignore_errors=True)
+    return outputs
+
+
+def _assemble(d: Path, chunks: int):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.concatenate([np.load(d / f"chunk_{k}.npy") for k in range(chunks)], axis=1))

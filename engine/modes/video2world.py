@@ -1,0 +1,51 @@
+"""One prompt + one image/video -> one video, with the seed's sidecars and `--benchmark`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from engine import events
+from engine.spec import GenerationSpec
+
+BENCHMARK_RUNS = 4  # the reference runs 4 times and averages the last 3
+
+
+def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) -> list[str]:
+    from engine.modes import pipeline_for
+
+    spec.check_input()
+    pipe = pipeline_for(spec, ev, pipeline)
+    runs = BENCHMARK_RUNS if spec.benchmark else 1
+    times = []
+    result = None
+    for r in range(runs):
+        t0 = time.perf_counter()
+        result = pipe.generate(spec.prompt, spec.input_path, seed=spec.seed, cancel=cancel)
+        times.append(time.perf_counter() - t0)
+        if spec.benchmark:
+            ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
+    timings = dict(result.timings)
+    if spec.benchmark:
+        timed = times[1:]
+        timings["benchmark_mean_s"] = sum(timed) / len(timed)
+        timings["benchmark_runs_s"] = timed
+        ev.log(f"benchmark: mean of {len(timed)} timed runs {timings['benchmark_mean_s']:.2f}s")
+    return write_result(spec, result, Path(spec.save_path), ev, timings)
+
+
+def write_result(spec: GenerationSpec, result, path: Path, ev: events.Emitter, timings: dict | None = None,
+                 extra: dict | None = None) -> list[str]:
+    """The mp4, the prompt .txt and the spec/seed/timings .json, each announced as an `output` event."""
+    from engine import io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fps = spec.fps
+    io.write_video(path, result.video, fps)
+    txt = io.write_prompt_sidecar(path, result.prompt, result.negative_prompt, result.refined_prompt)
+    js = io.write_job_record(path, spec, result.seed, timings or result.timings,
+                             refined_prompt=result.refined_prompt, **(extra or {}))
+    outputs = [str(path), str(txt), str(js)]
+    for p, kind in zip(outputs, ("video", "prompt", "spec")):
+        ev("output", path=p, kind=kind)
+    return outputs

@@ -1,0 +1,259 @@
+"""Video2WorldPipeline: owns the DiT, VAE, T5, refiner/critic and guardrail, and turns one prompt plus
+one conditioning input into one video.
+
+It loads each component once and keeps it warm across jobs (the server and the modes reuse one
+pipeline while the model key stays the same), offloads T5 / refiner / guardrail to CPU on request,
+and reports progress as structured events through `emit` (engine/events.py), never as printed text.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from engine import events, resolutions
+from engine.spec import GenerationSpec
+
+
+class Cancelled(Exception):
+    """The job's cancel event was set; raised between denoising steps."""
+
+
+class GuardrailBlocked(Exception):
+    """A guardrail check refused the prompt or the video; the message names the check."""
+
+
+@dataclass
+class GenerationResult:
+    video: torch.Tensor  # [3, T, H, W] float in [-1, 1], on CPU
+    prompt: str
+    refined_prompt: Optional[str]
+    negative_prompt: str
+    seed: int
+    timings: dict = field(default_factory=dict)
+    latent: Optional[torch.Tensor] = None  # [16, t, h, w] float32 on CPU (the sampler's x0)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def model_key(spec: GenerationSpec) -> tuple:
+    """Specs with the same key can share a warm pipeline."""
+    return (spec.model_size, spec.resolution, spec.fps, spec.natten, spec.dit_path, spec.load_ema,
+            spec.attention_backend, spec.use_cuda_graphs)
+
+
+class Video2WorldPipeline:
+    def __init__(self, spec: GenerationSpec, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None, emit: events.Emit | None = None):
+        self.spec = spec
+        self.key = model_key(spec)
+        self.device = device or default_device()
+        # bf16 on GPU as the reference; fp32 on CPU (bf16 matmuls on CPU are slow and tests want fp32)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.ev = events.Emitter(emit)
+        self.dit = None
+        self.vae = None
+        self.text_encoder = None
+        self._refiner = None
+        self._guardrail = None
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def set_emit(self, emit: events.Emit | None, job=None) -> None:
+        self.ev = events.Emitter(emit, job)
+
+    def load(self) -> "Video2WorldPipeline":
+        from engine import checkpoints
+
+        t0 = time.perf_counter()
+        if self.dit is None:
+            self.ev.log(f"loading DiT ({self.spec.model_size})")
+            self.dit = checkpoints.build_dit(self.spec, self.device, self.dtype).eval()
+        if self.vae is None:
+            self.vae = checkpoints.build_vae(self.spec, self.device, self.dtype).eval()
+        if self.text_encoder is None:
+            te_device = torch.device("cpu") if self.spec.offload_text_encoder else self.device
+            self.text_encoder = checkpoints.build_text_encoder(self.spec, te_device, self.dtype)
+        self.ev.log(f"models ready in {time.perf_counter() - t0:.1f}s")
+        return self
+
+    @property
+    def guardrail(self):
+        if self._guardrail is None:
+            from engine import checkpoints
+            from engine.guardrail import Guardrail
+
+            self._guardrail = Guardrail(
+                checkpoints.checkpoints_root(), offload=self.spec.offload_guardrail,
+                emit=self.ev._emit, disabled=False,
+            )
+        return self._guardrail
+
+    @property
+    def refiner(self):
+        if self._refiner is None:
+            from engine import checkpoints
+            from engine.models import reason
+
+            self._refiner = reason.build_reason(self.spec, checkpoints.reason_dir(self.spec), self.device,
+                                                offload=self.spec.offload_prompt_refiner)
+        return self._refiner
+
+    def release_aux(self) -> None:
+        """Drop refiner and guardrail models (best-of-N loads the critic after generation)."""
+        self._refiner = None
+        self._guardrail = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- one generation -----------------------------------------------------------------------
+
+    def text_check(self, text: str, what: str) -> None:
+        if self.spec.disable_guardrail:
+            return
+        verdict = self.guardrail.check_text(text)
+        if not verdict.ok:
+            raise GuardrailBlocked(f"guardrail: the {what} was blocked by {verdict.check_name}: {verdict.message}")
+
+    def refine(self, prompt: str, input_path: str) -> Optional[str]:
+        if self.spec.disable_prompt_refiner:
+            return None
+        t0 = time.perf_counter()
+        refined = self.refiner.refine(prompt, input_path, emit=self.ev._emit)
+        self.ev.log(f"prompt refined in {time.perf_counter() - t0:.1f}s")
+        return refined
+
+    def conditioning(self, input_path: str | None, frames: torch.Tensor | None, num_conditional_frames: int):
+        """Encode the conditioning clip. `frames` ([3,T,H,W] in [-1,1], already sized) bypasses the file
+        (long video passes the previous chunk's last frames at full precision)."""
+        from engine import io, sampling
+
+        w, h = resolutions.frame_size(self.spec.resolution, self.spec.aspect_ratio, self.spec.model_size)
+        n_frames = resolutions.num_frames(self.spec.fps)
+        if frames is None:
+            clip = io.load_conditioning_clip(input_path, num_conditional_frames, w, h, n_frames)
+            # the reference normalises pixels in the pipeline's precision (bf16 on GPU)
+            clip = io.to_signed_unit(clip.to(self.device), self.dtype)
+        else:
+            # in-memory frames (long video): the given frames, then repeats of the last one
+            frames = frames[:, -num_conditional_frames:]
+            clip = torch.cat([frames, frames[:, -1:].expand(-1, n_frames - frames.shape[1], -1, -1)], dim=1)
+        clip = clip.to(self.device, self.dtype).unsqueeze(0)
+        with torch.inference_mode():
+            latent = self.vae.encode(clip).float()
+        n_lat = resolutions.conditional_latent_frames(num_conditional_frames)
+        return sampling.Conditioning(gt=latent, num_frames=n_lat)
+
+    def generate(self, prompt: str, input_path: str | None = None, *, seed: int | None = None,
+                 frames: torch.Tensor | None = None, negative_prompt: str | None = None,
+                 refine_input: str | None = None, cancel=None, step_fields: dict | None = None) -> GenerationResult:
+        from engine import sampling
+
+        spec = self.spec
+        seed = spec.seed if seed is None else seed
+        negative_prompt = spec.negative_prompt if negative_prompt is None else negative_prompt
+        timings: dict[str, float] = {}
+        t_all = time.perf_counter()
+
+        self.text_check(prompt, "prompt")
+        refined = self.refine(prompt, refine_input or input_path) if (refine_input or input_path) else None
+        if refined is not None:
+            self.text_check(refined, "refined prompt")
+        text = refined or prompt
+
+        t0 = time.perf_counter()
+        self.text_encoder.to(self.device) if spec.offload_text_encoder else None
+        emb = self.text_encoder.encode([text, negative_prompt])
+        if spec.offload_text_encoder:
+            self.text_encoder.to("cpu")
+        cond_emb, uncond_emb = emb[0:1].to(self.device, self.dtype), emb[1:2].to(self.device, self.dtype)
+        timings["text_encode_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        conditioning = self.conditioning(input_path, frames, spec.num_conditional_frames)
+        timings["vae_encode_s"] = time.perf_counter() - t0
+
+        shape = tuple(conditioning.gt.shape)
+        noise = sampling.initial_noise(shape, seed, self.device)
+        sigmas = sampling.sigma_schedule(spec.num_steps)
+        x0_fn = sampling.make_x0_fn(self.dit, cond_emb, uncond_emb, spec.guidance, conditioning)
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        extra = step_fields or {}
+
+        def on_step(i: int, total: int, seconds: float) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled by the user")
+            self.ev("step", step=i, total=total, seconds=round(seconds, 4), **extra)
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            x0 = sampling.sample(x0_fn, noise, sigmas, callback=on_step)
+        self._sync()
+        timings["denoise_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            video = self.vae.decode(x0.to(self.dtype)).float()[0]
+        self._sync()
+        timings["vae_decode_s"] = time.perf_counter() - t0
+        self.report_memory()
+
+        video = video.cpu()
+        if not spec.disable_guardrail:
+            video = self.video_check(video)
+        timings["total_s"] = time.perf_counter() - t_all
+        return GenerationResult(video=video, prompt=prompt, refined_prompt=refined, negative_prompt=negative_prompt,
+                                seed=seed, timings=timings, latent=x0[0].float().cpu())
+
+    def video_check(self, video: torch.Tensor) -> torch.Tensor:
+        from engine import io
+
+        frames = io.to_uint8(video).permute(1, 2, 3, 0).contiguous()  # [T,H,W,C]
+        verdict, frames = self.guardrail.check_video(frames)
+        if not verdict.ok:
+            raise GuardrailBlocked(f"guardrail: the video was blocked by {verdict.check_name}: {verdict.message}")
+        # like the reference, a guarded video comes back 8-bit quantised
+        return io.to_signed_unit(torch.as_tensor(frames).permute(3, 0, 1, 2))
+
+    def report_memory(self) -> None:
+        if self.device.type != "cuda":
+            return
+        self.ev("memory", allocated=torch.cuda.memory_allocated(self.device),
+                reserved=torch.cuda.memory_reserved(self.device),
+                peak=torch.cuda.max_memory_allocated(self.device), device=str(self.device))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# -- warm pipeline cache: one pipeline per process, replaced when the model key changes --------
+
+_WARM: dict[tuple, Video2WorldPipeline] = {}
+
+
+def get_pipeline(spec: GenerationSpec, emit: events.Emit | None = None,
+                 factory: Callable[[GenerationSpec], Video2WorldPipeline] | None = None) -> Video2WorldPipeline:
+    key = model_key(spec)
+    pipe = _WARM.get(key)
+    if pipe is None:
+        _WARM.clear()  # free the old model before loading the new one
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        pipe = (factory or Video2WorldPipeline)(spec)
+        pipe.set_emit(emit)
+        pipe.load()
+        _WARM[key] = pipe
+    pipe.spec = spec  # per-job fields (prompt, seed, offload flags...) come from the new spec
+    pipe.set_emit(emit)
+    return pipe
