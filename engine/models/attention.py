@@ -192,7 +192,7 @@ def natten_attention(
     if impl == "sparse":
         from engine.models.sparse_attention import neighborhood_attention
 
-        out = neighborhood_attention(q6, k6, v6, window, stride, dilation)
+        out = neighborhood_attention(q6, k6, v6, window, stride, dilation, backend=dense_backend)
     elif impl == "natten":
         import natten
 
