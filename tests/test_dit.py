@@ -175,6 +175,7 @@ def test_rope_offset_equals_slice_of_global_table():
 
 
 @torch.no_grad()
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 def test_natten_tiny_runs_and_differs_from_dense_but_not_on_images():
     dense, sparse = tiny_model(6), tiny_model(6, natten=True)
     x, t, ctx, cond = inputs(B=1, T=2, H=16, W=16)
@@ -191,3 +192,33 @@ def test_bf16_forward_runs():
     with torch.no_grad():
         y = m(x.bfloat16(), t, ctx, cond)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+@pytest.mark.filterwarnings("ignore:.*return_lse is deprecated")
+@torch.no_grad()
+def test_natten_impls_agree_through_the_network():
+    """Our sparse path and natten.na3d give the same network output (tiny natten profile)."""
+    from dataclasses import replace
+
+    cfg = dit_config("tiny", natten=True)
+    ours = MiniTrainDIT(replace(cfg, natten_impl="sparse")).random_init_(8).eval()
+    theirs = MiniTrainDIT(replace(cfg, natten_impl="natten")).random_init_(8).eval()
+    x, t, ctx, cond = inputs(B=2, T=2, H=16, W=16)
+    torch.testing.assert_close(ours(x, t, ctx, cond), theirs(x, t, ctx, cond), rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_dense_attention_backends_agree_with_softmax():
+    from engine.models.attention import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 10, 3, 8, generator=g) for _ in range(3))
+    k = k[:, :7]
+    v = v[:, :7]
+    w = torch.softmax(torch.einsum("blnd,bsnd->bnls", q, k) / 8**0.5, dim=-1)
+    ref = torch.einsum("bnls,bsnd->blnd", w, v)
+    for backend in ("auto", "sdpa", "math", "natten"):
+        torch.testing.assert_close(attention(q, k, v, backend), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown"):
+        attention(q, k, v, "fa9")

@@ -160,9 +160,21 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
     return window, stride, dilation
 
 
-# Which implementation runs the sparse pattern: "natten" (natten.na3d; fast only with libnatten's
-# hopper/blackwell kernels) or "sparse" (our gather + dense SDPA path in sparse_attention.py).
-NATTEN_IMPLS = ("natten", "sparse")
+# Which implementation runs the sparse pattern: "natten" (natten.na3d), "sparse" (our gather + dense SDPA
+# path in sparse_attention.py, equal to na3d to fp32 tolerance), or "auto": na3d only where libnatten's
+# fused kernels exist (natten.HAS_LIBNATTEN, CUDA), else ours. Without libnatten, na3d falls back to its
+# flex backend, which on CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
+NATTEN_IMPLS = ("auto", "natten", "sparse")
+
+
+def _resolve_impl(impl: str, device: torch.device) -> str:
+    if impl != "auto":
+        return impl
+    try:
+        import natten
+    except ImportError:
+        return "sparse"
+    return "natten" if (device.type == "cuda" and natten.HAS_LIBNATTEN) else "sparse"
 
 
 def natten_attention(
@@ -171,7 +183,7 @@ def natten_attention(
     v: torch.Tensor,
     grid: Sequence[int],
     params: dict,
-    impl: str = "natten",
+    impl: str = "auto",
     dense_backend: str = "auto",
 ) -> torch.Tensor:
     """Neighborhood self-attention on [B, L, N, D] tensors whose L is the (T, H, W) grid in (t h w) order.
@@ -189,6 +201,7 @@ def natten_attention(
         # Window covers everything: plain dense attention, whatever the stride/dilation say.
         return attention(q, k, v, dense_backend)
     q6, k6, v6 = (t.reshape(B, T, H, W, N, D) for t in (q, k, v))
+    impl = _resolve_impl(impl, q.device)
     if impl == "sparse":
         from engine.models.sparse_attention import neighborhood_attention
 

@@ -43,7 +43,7 @@ class DiTConfig:
     # Dense attention kernel (see attention.attention) and, per block, NATTEN parameters (None = dense).
     attention_backend: str = "auto"
     natten_parameters: Optional[tuple] = None
-    natten_impl: str = "natten"
+    natten_impl: str = "auto"  # see attention.NATTEN_IMPLS
 
     @property
     def head_dim(self) -> int:
@@ -242,7 +242,7 @@ class DenseAttentionOp:
 
 
 class NattenAttentionOp(DenseAttentionOp):
-    def __init__(self, params: dict, backend: str = "auto", impl: str = "natten"):
+    def __init__(self, params: dict, backend: str = "auto", impl: str = "auto"):
         super().__init__(backend)
         self.params = params
         self.impl = impl

@@ -39,6 +39,10 @@ def _window_starts(n: int, w: int, s: int, device) -> torch.Tensor:
 def _strided_na(q, k, v, window, stride, backend, max_gather):
     B, T, H, W, N, D = q.shape
     X = (T, H, W)
+    if all(w >= n for n, w in zip(X, window)):
+        # Whole sub-grid visible (e.g. the dilated "sparse global" layers): plain dense attention.
+        flat = [x.reshape(B, T * H * W, N, D) for x in (q, k, v)]
+        return attention(*flat, backend).reshape(B, T, H, W, N, D)
     # An axis whose window is the whole axis needs no tiling: one tile, one window.
     tile = tuple(n if w >= n else s for n, w, s in zip(X, window, stride))
     win = tuple(min(w, n) for n, w in zip(X, window))
