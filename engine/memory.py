@@ -1,0 +1,57 @@
+"""How many bytes each model component holds, and moving a component off the GPU and back.
+
+The pipeline keeps the DiT, the VAE and T5 warm between jobs; these helpers let it report what
+each costs per device and free a GPU for the component that needs it next.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+import torch.nn as nn
+
+
+def module_bytes(module: nn.Module) -> dict[str, int]:
+    """Bytes of parameters + buffers per device ("cuda:0", "cpu", ...). Shared tensors count once."""
+    seen: set[tuple[str, int]] = set()
+    out: dict[str, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_meta:
+            continue
+        key = (str(t.device), t.data_ptr())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[str(t.device)] = out.get(str(t.device), 0) + t.numel() * t.element_size()
+    return out
+
+
+def component_bytes(components: dict[str, nn.Module | None]) -> dict[str, dict[str, int]]:
+    """{"dit": {"cuda:0": n}, "vae": {...}, ...}; components that are None are left out."""
+    return {name: module_bytes(_module(m)) for name, m in components.items() if m is not None}
+
+
+def offload(module, empty_cache: bool = True):
+    """Move a component to CPU and give its GPU memory back to the driver's pool. One call."""
+    _module(module).to("cpu")
+    if empty_cache:
+        release_cached()
+    return module
+
+
+def onload(module, device: torch.device | str):
+    """Move a component (back) to `device`. One call."""
+    _module(module).to(device)
+    return module
+
+
+def release_cached() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _module(m) -> nn.Module:
+    # TextEncoder wraps its transformers model; everything else is an nn.Module already
+    return m if isinstance(m, nn.Module) else m.model
