@@ -165,7 +165,10 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError:
         # Files written with Transformer Engine carry `_extra_state` objects that the safe
-        # unpickler refuses; these are the user's own checkpoint files, so fall back.
+        # unpickler refuses; these are the user's own checkpoint files, so fall back, and say so.
+        import warnings
+
+        warnings.warn(f"{path}: not loadable with weights_only=True; loading with the full unpickler")
         return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except RuntimeError as err:
         if "mmap" not in str(err):
@@ -218,20 +221,8 @@ def build_dit(spec: GenerationSpec, device, dtype: torch.dtype):
     with torch.device("meta"):
         model = MiniTrainDIT(cfg)
     model = load_dit_weights(model, sd)
-    return _materialise_buffers(model, cfg, device, dtype)
-
-
-def _materialise_buffers(model, cfg, device, dtype):
-    # a meta-built model gets its parameters from the file; any buffer it computes itself
-    # (none today) would still be on meta, so rebuild those from a real instance
-    if any(b.is_meta for b in model.buffers()):
-        from engine.models.dit import MiniTrainDIT
-
-        with torch.device(device):
-            fresh = MiniTrainDIT(cfg)
-        for name, buf in fresh.named_buffers():
-            mod_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(mod_name) if mod_name else model, attr, buf)
+    # built on meta so the file's tensors are used in place; a buffer the file cannot fill would stay meta
+    assert not any(b.is_meta for b in model.buffers()), "MiniTrainDIT grew a buffer: build it before loading"
     return model.to(device=device, dtype=dtype)
 
 
