@@ -1,0 +1,538 @@
+"""Guardrail: text checks before generation, video checks after.
+
+Each check is a small class with `name` and `check(...) -> Verdict`. `Guardrail` runs them in order and
+stops at the first block. Checks whose model is not on disk are reported as not run (never silently
+skipped): `Guardrail.report()` says which checks ran, which were unavailable and why, so the README and
+the job log can state exactly what protected a generation.
+
+Text:  Blocklist (always) -> LlamaGuard3 (when checkpoints/meta-llama/Llama-Guard-3-8B exists).
+Video: SafetyClassifier (SigLIP + MLP, when Cosmos-Guardrail1/video_content_safety_filter exists),
+       then FaceFilter (pixelates faces; Haar cascade from OpenCV when `cv2` imports).
+
+Torch and transformers are imported only by the model-backed checks, so the blocklist works anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+GUARDRAIL_DIR = Path("nvidia") / "Cosmos-Guardrail1"
+LLAMA_GUARD_DIR = Path("meta-llama") / "Llama-Guard-3-8B"
+SIGLIP_REPO = "google/siglip-so400m-patch14-384"
+
+# A deliberately short list of our own: phrases that no generation request has a legitimate reason to
+# contain. The real coverage comes from the checkpoint's word lists and the user's own files.
+BUILTIN_BLOCKLIST = (
+    "child pornography",
+    "child sexual abuse",
+    "csam",
+    "bestiality",
+    "snuff film",
+    "beheading video",
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    check_name: str
+    message: str = ""
+
+    def __bool__(self) -> bool:  # `if verdict:` reads as "allowed"
+        return self.ok
+
+
+# ----------------------------------------------------------------------------- word lists
+
+
+def default_config_dir() -> Path:
+    """The user's config dir for cosmos-tui; $COSMOS_TUI_CONFIG_DIR overrides it."""
+    if os.environ.get("COSMOS_TUI_CONFIG_DIR"):
+        return Path(os.environ["COSMOS_TUI_CONFIG_DIR"])
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "cosmos-tui"
+
+
+def read_word_files(paths: Iterable[Path]) -> list[str]:
+    """One entry per line; blank lines and lines starting with '#' are skipped; lower-cased."""
+    words: list[str] = []
+    for p in paths:
+        try:
+            text = Path(p).read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            log.warning("guardrail: cannot read word list %s: %s", p, err)
+            continue
+        for line in text.splitlines():
+            w = " ".join(line.strip().lower().split())
+            if w and not w.startswith("#"):
+                words.append(w)
+    return words
+
+
+def _files_in(d: Path, pattern: str = "*") -> list[Path]:
+    return sorted(p for p in d.glob(pattern) if p.is_file()) if d.is_dir() else []
+
+
+def _to_ascii(text: str) -> str:
+    # Non-ASCII becomes a space so look-alike letters can't glue two harmless halves into a word or
+    # split a listed word unnoticed; whitespace is then collapsed.
+    return " ".join("".join(c if ord(c) < 128 else " " for c in text).split())
+
+
+# ----------------------------------------------------------------------------- text checks
+
+
+def _word_re(phrase: str) -> re.Pattern:
+    # Any run of whitespace in the prompt matches the single spaces of a multi-word entry.
+    body = r"\s+".join(re.escape(p) for p in phrase.split())
+    return re.compile(r"\b" + body + r"\b", re.IGNORECASE)
+
+
+class Blocklist:
+    """Whole-word match against a word list, plus a near-exact match for long entries.
+
+    Exact: a case-insensitive `\\bentry\\b` regex. Fuzzy (entries of at least `min_chars`): difflib's
+    ratio between the entry and every window of the prompt with the same number of words must reach
+    (len - tolerance) / len. With the reference's tolerance of 0.4 that threshold is above what any
+    one-letter edit reaches, so it only adds matches that differ in spacing or punctuation; raise
+    `tolerance` to 1.0 to also catch one-letter typos of long entries.
+    Whitelisted words and phrases are cut out of the prompt before matching, so a whitelist entry
+    "photo shoot" lets "a photo shoot" through while "shoot" stays blocked elsewhere.
+    """
+
+    name = "Blocklist"
+
+    def __init__(self, words: Iterable[str], whitelist: Iterable[str] = (), min_chars: int = 6,
+                 tolerance: float = 0.4):
+        self.whitelist = {" ".join(w.lower().split()) for w in whitelist if w.strip()}
+        self.words = sorted({" ".join(w.lower().split()) for w in words if w.strip()} - self.whitelist)
+        self.min_chars = min_chars
+        self.tolerance = tolerance
+        self._exact = [(w, _word_re(w)) for w in self.words]
+        # Longest first so "photo shoot session" is removed before "photo shoot".
+        self._white = [_word_re(w) for w in sorted(self.whitelist, key=len, reverse=True)]
+
+    @classmethod
+    def from_dirs(cls, checkpoints_root: str | os.PathLike | None, config_dir: str | os.PathLike | None,
+                  **kwargs: Any) -> "Blocklist":
+        block_files: list[Path] = []
+        white_files: list[Path] = []
+        if checkpoints_root:
+            bl = Path(checkpoints_root) / GUARDRAIL_DIR / "blocklist"
+            block_files += _files_in(bl / "custom") + _files_in(bl / "exact_match")
+            white_files += _files_in(bl / "whitelist")
+        if config_dir:
+            g = Path(config_dir) / "guardrail"
+            block_files += _files_in(g / "blocklist", "*.txt")
+            white_files += _files_in(g / "whitelist", "*.txt")
+        words = list(BUILTIN_BLOCKLIST) + read_word_files(block_files)
+        bl_obj = cls(words, read_word_files(white_files), **kwargs)
+        bl_obj.sources = [str(p) for p in block_files + white_files]
+        return bl_obj
+
+    def _fuzzy(self, entry: str, prompt_words: list[str]) -> str | None:
+        n = len(entry.split())
+        threshold = (len(entry) - self.tolerance) / len(entry)
+        for i in range(len(prompt_words) - n + 1):
+            window = " ".join(prompt_words[i:i + n])
+            # ratio <= 2*min/(a+b): skip windows whose length alone rules a match out.
+            la, lb = len(window), len(entry)
+            if 2 * min(la, lb) / (la + lb) < threshold:
+                continue
+            sm = difflib.SequenceMatcher(None, window, entry, autojunk=False)
+            if sm.quick_ratio() >= threshold and sm.ratio() >= threshold:
+                return window
+        return None
+
+    def check(self, prompt: str) -> Verdict:
+        text = _to_ascii(prompt or "")
+        if not text:
+            return Verdict(False, self.name, "the prompt is empty; write what the video should show")
+        for rx in self._white:
+            text = rx.sub(" ", text)
+        for entry, rx in self._exact:
+            if rx.search(text):
+                return Verdict(False, self.name, f"the prompt contains the blocked term {entry!r}")
+        prompt_words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+        for entry in self.words:
+            if len(entry) < self.min_chars:
+                continue
+            hit = self._fuzzy(entry, prompt_words)
+            if hit is not None:
+                return Verdict(False, self.name, f"the prompt contains {hit!r}, too close to the blocked term {entry!r}")
+        return Verdict(True, self.name)
+
+
+# Hazard category codes of Llama Guard 3, in our words.
+LLAMA_GUARD_CATEGORIES = {
+    "S1": "violent crimes", "S2": "non-violent crimes", "S3": "sex-related crimes",
+    "S4": "child sexual exploitation", "S5": "defamation", "S6": "specialized advice", "S7": "privacy",
+    "S8": "intellectual property", "S9": "indiscriminate weapons", "S10": "hate", "S11": "suicide and self-harm",
+    "S12": "sexual content", "S13": "elections", "S14": "code interpreter abuse",
+}
+
+
+def parse_llama_guard(output: str) -> tuple[bool, list[str]]:
+    """(safe, category names) from Llama Guard's reply: 'safe' or 'unsafe' then a line of codes."""
+    if "unsafe" not in output.lower():
+        return True, []
+    codes = re.findall(r"\bS(\d{1,2})\b", output, flags=re.IGNORECASE)
+    names = [LLAMA_GUARD_CATEGORIES.get(f"S{c}", f"S{c}") for c in codes]
+    return False, names
+
+
+class _Offloadable:
+    """Keeps a model on CPU between calls when offload is on; one move each way per call."""
+
+    model: Any = None
+    device: str = "cpu"
+    offload: bool = False
+
+    def _on_device(self):
+        if self.offload and self.device != "cpu":
+            self.model.to(self.device)
+
+    def _off_device(self):
+        if self.offload and self.device != "cpu":
+            self.model.to("cpu")
+
+
+class LlamaGuard3(_Offloadable):
+    name = "LlamaGuard3"
+
+    def __init__(self, path: str | os.PathLike, device: str, offload: bool, warn: Callable[[str], None]):
+        self.path, self.device, self.offload, self.warn = Path(path), device, offload, warn
+        self.model = self.tokenizer = None
+
+    def _load(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        dtype = torch.bfloat16 if self.device != "cpu" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).eval()
+        self.model.to("cpu" if self.offload else self.device)
+
+    def check(self, prompt: str) -> Verdict:
+        # The reference lets the prompt through when the model fails; we do the same so a broken guard
+        # model can't stop all work, but say so loudly in the job log.
+        try:
+            import torch
+
+            if self.model is None:
+                self._load()
+            self._on_device()
+            try:
+                ids = self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], return_tensors="pt", return_dict=True
+                ).to(self.device)
+                with torch.inference_mode():
+                    out = self.model.generate(**ids, max_new_tokens=100, do_sample=False)
+                text = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            finally:
+                self._off_device()
+        except Exception as err:  # noqa: BLE001
+            self.warn(f"guardrail: {self.name} errored ({type(err).__name__}: {err}); the prompt was let through")
+            return Verdict(True, self.name, "check errored; treated as safe")
+        safe, cats = parse_llama_guard(text)
+        if safe:
+            return Verdict(True, self.name)
+        return Verdict(False, self.name, "the prompt was judged unsafe" + (f" ({', '.join(cats)})" if cats else ""))
+
+
+# ----------------------------------------------------------------------------- video checks
+
+SAFETY_CLASSES = ("Safe", "Sexual_Content", "Violence", "Drugs", "Child_Abuse", "Hate_and_Harassment", "Self-Harm")
+
+
+def build_safety_head():
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Linear(1152, 512), nn.BatchNorm1d(512), nn.ReLU(),
+        nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(),
+        nn.Linear(256, len(SAFETY_CLASSES)),
+    )
+
+
+def load_safety_head(head, state: dict) -> None:
+    """Load the released head whatever its module prefix: keys end in '<layer index>.<param>'."""
+    renamed = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        if len(parts) >= 2 and parts[-2].isdigit():
+            renamed[f"{parts[-2]}.{parts[-1]}"] = v
+    try:
+        head.load_state_dict(renamed, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"safety_filter.pt does not fit the 1152-512-256-7 head: {err}") from None
+
+
+class SafetyClassifier(_Offloadable):
+    """SigLIP image embedding (L2-normalised) -> MLP -> 7 classes; any non-Safe frame blocks."""
+
+    name = "VideoSafetyClassifier"
+
+    def __init__(self, filter_dir: str | os.PathLike, device: str, offload: bool, warn: Callable[[str], None],
+                 batch: int = 16):
+        self.dir, self.device, self.offload, self.warn, self.batch = Path(filter_dir), device, offload, warn, batch
+        self.model = None
+
+    def _load(self):
+        import torch
+        from transformers import SiglipModel, SiglipProcessor
+
+        src: Any = self.dir if (self.dir / "config.json").exists() else SIGLIP_REPO
+        kw = {} if src is self.dir else {"cache_dir": str(self.dir), "local_files_only": True}
+        self.processor = SiglipProcessor.from_pretrained(src, **kw)
+        siglip = SiglipModel.from_pretrained(src, dtype=torch.float32, **kw)
+        head = build_safety_head()
+        ckpt = torch.load(self.dir / "safety_filter.pt", map_location="cpu", weights_only=True)
+        load_safety_head(head, ckpt["model"] if "model" in ckpt else ckpt)
+        self.model = torch.nn.ModuleDict({"siglip": siglip, "head": head}).eval()
+        self.model.to("cpu" if self.offload else self.device)
+
+    def classify(self, frames: np.ndarray) -> list[int]:
+        import torch
+
+        out: list[int] = []
+        for i in range(0, len(frames), self.batch):
+            inputs = self.processor(images=list(frames[i:i + self.batch]), return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                emb = self.model["siglip"].get_image_features(**inputs)
+                emb = getattr(emb, "pooler_output", emb)
+                emb = emb / emb.norm(dim=-1, keepdim=True)
+                out += self.model["head"](emb.float()).argmax(-1).tolist()
+        return out
+
+    def check(self, frames: np.ndarray) -> Verdict:
+        # Frames are batched rather than one at a time; a batch that errors is skipped with a warning,
+        # like the reference's per-frame fail-open, but never silently.
+        try:
+            if self.model is None:
+                self._load()
+        except Exception as err:  # noqa: BLE001
+            self.warn(f"guardrail: {self.name} could not load ({type(err).__name__}: {err}); video let through")
+            return Verdict(True, self.name, "check errored; treated as safe")
+        self._on_device()
+        try:
+            for i in range(0, len(frames), self.batch):
+                try:
+                    labels = self.classify(frames[i:i + self.batch])
+                except Exception as err:  # noqa: BLE001
+                    self.warn(f"guardrail: {self.name} skipped frames {i}..{i + self.batch - 1} ({err})")
+                    continue
+                for j, lab in enumerate(labels):
+                    if lab != 0:
+                        return Verdict(False, self.name, f"frame {i + j} was classified as {SAFETY_CLASSES[lab]}")
+        finally:
+            self._off_device()
+        return Verdict(True, self.name)
+
+
+def pixelate(frame: np.ndarray, box: Sequence[int], cells: int = 5) -> np.ndarray:
+    """Pixelate box (x0, y0, x1, y1) in place: down to cells x cells (linear), back up (nearest)."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        return frame
+    region = frame[y0:y1, x0:x1]
+    try:
+        import cv2
+
+        small = cv2.resize(region, (cells, cells), interpolation=cv2.INTER_LINEAR)
+        frame[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    except ImportError:
+        from PIL import Image
+
+        img = Image.fromarray(np.ascontiguousarray(region))
+        small = img.resize((cells, cells), Image.BILINEAR)
+        frame[y0:y1, x0:x1] = np.asarray(small.resize((x1 - x0, y1 - y0), Image.NEAREST))
+    return frame
+
+
+def haar_face_detector() -> Callable[[np.ndarray], list[tuple[int, int, int, int]]] | None:
+    """OpenCV's bundled frontal-face cascade as a detector, or None without cv2 or its data files."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    path = os.path.join(getattr(getattr(cv2, "data", None), "haarcascades", ""), "haarcascade_frontalface_default.xml")
+    if not os.path.isfile(path):
+        return None
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        return None
+
+    def detect(frame: np.ndarray) -> list[tuple[int, int, int, int]]:
+        gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))
+        return [(int(x), int(y), int(x + fw), int(y + fh)) for x, y, fw, fh in found]
+
+    return detect
+
+
+class FaceFilter:
+    """Post-processor: pixelate every detected face of at least min_size x min_size pixels."""
+
+    name = "FacePixelation"
+
+    def __init__(self, detector: Callable[[np.ndarray], list], detector_name: str, min_size: int = 20):
+        self.detector, self.detector_name, self.min_size = detector, detector_name, min_size
+        self.faces = 0
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        out = np.array(frames, copy=True)
+        for t in range(len(out)):
+            for box in self.detector(out[t]):
+                x0, y0, x1, y1 = box[:4]
+                if x1 - x0 >= self.min_size and y1 - y0 >= self.min_size:
+                    pixelate(out[t], (x0, y0, x1, y1))
+                    self.faces += 1
+        return out
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+class Guardrail:
+    """The runner the pipeline calls: `check_text` before generation, `check_video` after."""
+
+    def __init__(self, checkpoints_root: str | os.PathLike | None, offload: bool = False,
+                 emit: Callable | None = None, disabled: bool = False,
+                 config_dir: str | os.PathLike | None = None, device: str | None = None,
+                 face_detector: Callable[[np.ndarray], list] | None = None):
+        self.disabled = disabled
+        self.emit = emit
+        self.root = Path(checkpoints_root) if checkpoints_root else None
+        self._status: dict[str, dict] = {}
+        self.text_checks: list = []
+        self.video_checks: list = []
+        self.face: FaceFilter | None = None
+        if disabled:
+            return
+        device = device or _default_device()
+        cfg = Path(config_dir) if config_dir else default_config_dir()
+
+        bl = Blocklist.from_dirs(self.root, cfg)
+        self._add(self.text_checks, bl, "text", f"{len(bl.words)} entries from the built-in list"
+                  + (f" and {len(bl.sources)} files" if bl.sources else ""))
+
+        lg = self.root / LLAMA_GUARD_DIR if self.root else None
+        if lg is not None and lg.is_dir():
+            self._add(self.text_checks, LlamaGuard3(lg, device, offload, self._warn), "text", str(lg))
+        else:
+            self._unavailable("LlamaGuard3", "text", f"no checkpoint at {lg or LLAMA_GUARD_DIR}")
+
+        vf = self.root / GUARDRAIL_DIR / "video_content_safety_filter" if self.root else None
+        if vf is not None and (vf / "safety_filter.pt").is_file():
+            self._add(self.video_checks, SafetyClassifier(vf, device, offload, self._warn), "video", str(vf))
+        else:
+            self._unavailable("VideoSafetyClassifier", "video",
+                              f"no safety_filter.pt under {vf or GUARDRAIL_DIR / 'video_content_safety_filter'}")
+
+        if face_detector is not None:
+            self.face = FaceFilter(face_detector, "custom")
+        else:
+            rf = self.root / GUARDRAIL_DIR / "face_blur_filter" / "Resnet50_Final.pth" if self.root else None
+            haar = haar_face_detector()
+            note = ""
+            if rf is not None and rf.is_file():
+                # The RetinaFace network is not implemented here yet; say so instead of pretending.
+                note = "RetinaFace weights found but RetinaFace is not implemented; "
+            if haar is not None:
+                self.face = FaceFilter(haar, "opencv-haar")
+            else:
+                self._unavailable("FacePixelation", "video", note + "no face detector: install opencv-python-headless")
+        if self.face is not None:
+            self._status[self.face.name] = {"stage": "video", "available": True, "runs": 0,
+                                            "detail": f"detector {self.face.detector_name}"}
+
+    # -- bookkeeping
+
+    def _add(self, lst: list, check: Any, stage: str, detail: str) -> None:
+        lst.append(check)
+        self._status[check.name] = {"stage": stage, "available": True, "runs": 0, "detail": detail}
+
+    def _unavailable(self, name: str, stage: str, reason: str) -> None:
+        self._status[name] = {"stage": stage, "available": False, "runs": 0, "detail": reason}
+
+    def _log(self, message: str, level: str) -> None:
+        getattr(log, level, log.info)(message)
+        if self.emit is None:
+            return
+        if hasattr(self.emit, "log"):  # engine.events.Emitter
+            self.emit.log(message, level=level)
+        else:
+            from engine import events
+
+            self.emit(events.make("log", None, level=level, message=message))
+
+    def _warn(self, message: str) -> None:
+        self._log(message, "warning")
+
+    # -- API
+
+    def check_text(self, prompt: str) -> Verdict:
+        if self.disabled:
+            return Verdict(True, "guardrail", "guardrail disabled")
+        for check in self.text_checks:
+            verdict = check.check(prompt)
+            self._status[check.name]["runs"] += 1
+            if not verdict.ok:
+                return self._blocked(verdict)
+        return Verdict(True, "guardrail")
+
+    def check_video(self, frames: np.ndarray) -> tuple[Verdict, np.ndarray]:
+        """frames: uint8 [T, H, W, C]. Returns the verdict and the (face-pixelated) frames."""
+        if self.disabled:
+            return Verdict(True, "guardrail", "guardrail disabled"), frames
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4:
+            raise ValueError(f"check_video wants uint8 frames [T,H,W,C], got {frames.dtype} {frames.shape}")
+        for check in self.video_checks:
+            verdict = check.check(frames)
+            self._status[check.name]["runs"] += 1
+            if not verdict.ok:
+                return self._blocked(verdict), frames
+        if self.face is not None:
+            frames = self.face.apply(frames)
+            st = self._status[self.face.name]
+            st["runs"] += 1
+            st["faces"] = self.face.faces
+        return Verdict(True, "guardrail"), frames
+
+    def _blocked(self, verdict: Verdict) -> Verdict:
+        msg = f"Refused by the guardrail's {verdict.check_name} check: {verdict.message}."
+        self._log(f"GUARDRAIL BLOCKED: {verdict.check_name}: {verdict.message}", "error")
+        return Verdict(False, verdict.check_name, msg)
+
+    def report(self) -> dict:
+        """{"disabled", "checks": {name: {stage, available, runs, detail}}, "ran", "unavailable"}."""
+        checks = {k: dict(v) for k, v in self._status.items()}
+        return {
+            "disabled": self.disabled,
+            "checks": checks,
+            "ran": [k for k, v in checks.items() if v["runs"] > 0],
+            "unavailable": [k for k, v in checks.items() if not v["available"]],
+        }
