@@ -29,10 +29,11 @@ FAIL_REASONS = ("invalid", "oom", "guardrail", "crash", "cancelled")
 Emit = Callable[[dict], None]
 
 
-def make(kind: str, job: str | int | None = None, **fields: Any) -> dict:
-    if kind not in KINDS:
-        raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(KINDS)}")
-    return {"event": kind, "job": job, "t": time.time(), **fields}
+def make(event: str, job: str | int | None = None, /, **fields: Any) -> dict:
+    # positional-only, so an event may carry a field named `kind` or `job`-less fields freely
+    if event not in KINDS:
+        raise ValueError(f"unknown event kind {event!r}; known: {', '.join(KINDS)}")
+    return {"event": event, "job": job, "t": time.time(), **fields}
 
 
 def dumps(event: dict) -> str:
@@ -57,8 +58,8 @@ class Emitter:
         self._emit = emit or null_emit
         self.job = job
 
-    def __call__(self, kind: str, **fields: Any) -> None:
-        self._emit(make(kind, self.job, **fields))
+    def __call__(self, event: str, /, **fields: Any) -> None:
+        self._emit(make(event, self.job, **fields))
 
     def log(self, message: str, level: str = "info") -> None:
         self("log", level=level, message=message)
