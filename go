@@ -25,6 +25,8 @@ fi
 case "$what" in
     test)
         shift || true
+        # two workers on two cores: one intra-op thread each, or the VAE convolutions thrash
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
         exec "$PY" -m pytest -q -n 2 "$@"
         ;;
     app)
