@@ -133,7 +133,9 @@ def _first_line(err: BaseException) -> str:
 
 def cover_size(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> tuple[int, int]:
     """(width, height) to resize to so that both sides cover the target: the seed's rule,
-    scale = max(W_t/W_o, H_t/H_o), each side rounded up."""
+    scale = max(W_t/W_o, H_t/H_o), each side rounded up. Computed in floats exactly as the seed does,
+    so a product like 1.12 * 100 = 112.00000000000001 rounds up to 113 there and here alike (parity
+    over tidiness: the centre crop then drops the extra pixel)."""
     (wo, ho), (wt, ht) = src_wh, dst_wh
     scale = max(wt / wo, ht / ho)
     return max(wt, math.ceil(scale * wo)), max(ht, math.ceil(scale * ho))

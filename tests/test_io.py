@@ -1,0 +1,212 @@
+"""engine/io.py: reading inputs, the conditioning clip, writing mp4 and sidecars (small files made here)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import io
+from engine.spec import GenerationSpec, InputError
+
+
+def _numbered_video(path, n, w=64, h=48, fps=16):
+    """A clip whose frame i is a flat grey of value 20*i+10, so frames are told apart after lossy coding."""
+    v = torch.zeros(3, n, h, w, dtype=torch.uint8)
+    for i in range(n):
+        v[:, i] = 20 * i + 10
+    io.write_video(path, v, fps)
+    return path
+
+
+def _grey_of(frames_thwc):
+    return [int(round(float(f.astype(np.float32).mean()))) for f in frames_thwc]
+
+
+def test_mp4_round_trip_frames_size_fps(tmp_path):
+    path = tmp_path / "out" / "clip.mp4"
+    video = torch.linspace(-1, 1, 7 * 3 * 32 * 48).reshape(3, 7, 32, 48)
+    io.write_video(path, video, fps=10)
+    info = io.probe_video(path)
+    assert info == {"size": (48, 32), "fps": 10.0, "frames": 7}
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no partial file left
+
+
+def test_mp4_frames_read_back_in_order(tmp_path):
+    path = _numbered_video(tmp_path / "n.mp4", 6)
+    greys = _grey_of(io.read_video(path))
+    assert all(abs(g - (20 * i + 10)) <= 2 for i, g in enumerate(greys)), greys
+
+
+def test_odd_size_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="even"):
+        io.write_video(tmp_path / "odd.mp4", torch.zeros(3, 2, 33, 48, dtype=torch.uint8), 16)
+
+
+def test_to_uint8_is_the_reference_rounding():
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0, 2 * (0.5 / 255) - 1, 2 * (0.49 / 255) - 1])
+    assert io.to_uint8(x).tolist() == [0, 0, 128, 255, 255, 1, 0]
+    u = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(io.to_uint8(io.to_signed_unit(u)), u)
+    assert io.to_signed_unit(u).min() == -1 and io.to_signed_unit(u).max() == 1
+
+
+def test_cover_size_and_crop_box():
+    # wide source into a 4:3 target: height decides the scale, width overflows and is cropped
+    assert io.cover_size((200, 100), (64, 48)) == (96, 48)
+    assert io.center_crop_box((96, 48), (64, 48)) == (16, 0)
+    # tall source into 16:9: width decides; 112/100*100 is a hair over 112 in floats and the seed's
+    # ceil keeps that hair, as we do
+    assert io.cover_size((100, 300), (112, 64)) == (113, 337)
+    assert io.center_crop_box((113, 337), (112, 64)) == (0, 136)
+    assert io.cover_size((640, 360), (1280, 704)) == (1280, 720)
+
+
+def test_resize_cover_crop_keeps_the_centre():
+    # 200x100 source: a red band in the middle third of the width, blue elsewhere. Into a square
+    # target the middle half of the width survives, so the red band must sit centred and the edges
+    # must be blue.
+    frame = np.zeros((1, 100, 200, 3), dtype=np.uint8)
+    frame[..., 2] = 255
+    frame[:, :, 70:130] = (255, 0, 0)
+    out = io.resize_cover_crop(frame, 64, 64)
+    assert out.shape == (3, 1, 64, 64) and out.dtype == torch.uint8
+    row = out[:, 0, 32]  # [3, W]
+    red_cols = (row[0] > 200).nonzero().flatten().tolist()
+    assert red_cols, "the centre band was cropped away"
+    left, right = red_cols[0], 63 - red_cols[-1]
+    assert abs(left - right) <= 1, (left, right)
+    # the band is 60/100 of the crop's source width (the crop keeps columns 50..150 of 200)
+    assert 36 <= len(red_cols) <= 40
+    assert row[2, 0] > 200 and row[2, 63] > 200
+
+
+def test_resize_tall_source_crops_top_and_bottom():
+    frame = np.zeros((1, 300, 100, 3), dtype=np.uint8)
+    frame[:, :100] = 255  # white top third: must be gone after covering 112x64 and cropping the middle
+    out = io.resize_cover_crop(frame, 112, 64)
+    assert out.shape == (3, 1, 64, 112)
+    assert out.max() == 0
+
+
+def test_exact_size_passes_through_untouched():
+    frame = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    out = io.resize_cover_crop(frame, 64, 48)
+    assert torch.equal(out, torch.from_numpy(frame).permute(3, 0, 1, 2))
+
+
+def test_image_becomes_frame_zero_then_zeros(tmp_path):
+    img = tmp_path / "in.png"
+    Image.new("RGB", (128, 96), (200, 100, 50)).save(img)
+    clip = io.load_conditioning_clip(img, 1, 64, 48, 93)
+    assert clip.shape == (3, 93, 48, 64) and clip.dtype == torch.uint8
+    assert clip[:, 0].float().mean(dim=(1, 2)).round().tolist() == [200, 100, 50]
+    assert clip[:, 1:].sum() == 0
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".webp"])
+def test_other_image_types(tmp_path, ext):
+    img = tmp_path / f"in{ext}"
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(img)
+    clip = io.load_conditioning_clip(img, 1, 64, 48, 61)
+    assert clip.shape == (3, 61, 48, 64) and abs(float(clip[:, 0].float().mean()) - 90) < 3
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_video_gives_last_frames_then_repeats(tmp_path, n):
+    path = _numbered_video(tmp_path / "v.mp4", 9)  # greys 10, 30, ..., 170
+    clip = io.load_conditioning_clip(path, n, 64, 48, 93)
+    assert clip.shape == (3, 93, 48, 64)
+    greys = [round(float(clip[:, t].float().mean())) for t in range(93)]
+    expected_head = [20 * i + 10 for i in range(9 - n, 9)]
+    assert all(abs(g - e) <= 2 for g, e in zip(greys[:n], expected_head)), greys[:n]
+    assert all(torch.equal(clip[:, t], clip[:, n - 1]) for t in range(n, 93))
+
+
+def test_too_short_video_names_input_path(tmp_path):
+    path = _numbered_video(tmp_path / "short.mp4", 3)
+    with pytest.raises(InputError, match=r"^input_path: .*short\.mp4' has 3 frames but 5 are needed"):
+        io.load_conditioning_clip(path, 5, 64, 48, 93)
+
+
+def test_undecodable_video_names_input_path(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(InputError, match=r"^input_path: .*could not be decoded"):
+        io.read_video(bad, 1)
+
+
+def test_image_with_five_frames_is_refused(tmp_path):
+    img = tmp_path / "in.png"
+    Image.new("RGB", (64, 48)).save(img)
+    with pytest.raises(InputError, match="^num_conditional_frames"):
+        io.load_conditioning_clip(img, 5, 64, 48, 93)
+
+
+def test_first_frames(tmp_path):
+    path = _numbered_video(tmp_path / "v.mp4", 6)
+    greys = _grey_of(io.read_video(path, 2, last=False))
+    assert len(greys) == 2 and abs(greys[0] - 10) <= 2 and abs(greys[1] - 30) <= 2
+
+
+def test_prompt_sidecar_sections(tmp_path):
+    video = tmp_path / "clip.mp4"
+    p = io.write_prompt_sidecar(video, "a cat", "blurry", "a fluffy cat walks")
+    assert p == tmp_path / "clip.txt"
+    assert p.read_text() == "[Prompt]\na cat\n\n[Negative Prompt]\nblurry\n\n[Refined Prompt]\na fluffy cat walks\n"
+    p = io.write_prompt_sidecar(video, "a cat")
+    assert p.read_text() == "[Prompt]\na cat\n"
+    text = io.write_prompt_sidecar(video, "x", None, ["one", "two"]).read_text()
+    assert "[Refined Prompt 1]\none" in text and "[Refined Prompt 2]\ntwo" in text
+
+
+def test_job_record_holds_full_spec_seed_timings(tmp_path):
+    spec = GenerationSpec(prompt="p", seed=3, model_size="tiny")
+    p = io.write_job_record(tmp_path / "clip.mp4", spec, seed=4, timings={"total": 1.5}, refined_prompt="rp")
+    data = json.loads(p.read_text())
+    assert p.name == "clip.json"
+    assert data["spec"] == spec.model_dump(mode="json")
+    assert data["seed"] == 4 and data["timings"] == {"total": 1.5} and data["refined_prompt"] == "rp"
+    assert GenerationSpec.model_validate(data["spec"]) == spec
+
+
+def test_atomic_json_keeps_old_file_when_rename_fails(tmp_path, monkeypatch):
+    target = tmp_path / "r.json"
+    io.write_json_atomic(target, {"a": 1})
+
+    def fail_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(io.os, "replace", fail_replace)
+    with pytest.raises(OSError):
+        io.write_json_atomic(target, {"b": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]  # the temporary file was removed
+
+
+def test_atomic_text_replaces_and_cleans_up(tmp_path, monkeypatch):
+    target = tmp_path / "t.txt"
+    io.write_text_atomic(target, "old")
+
+    def fail_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(io.os, "replace", fail_replace)
+    with pytest.raises(OSError):
+        io.write_text_atomic(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["t.txt"]
+    io.write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_demo_input_is_drawn_once(tmp_path):
+    p = io.ensure_demo_input(tmp_path / "assets" / "demo.png")
+    im = np.asarray(Image.open(p))
+    assert im.shape == (192, 320, 3) and im.std() > 20  # not a flat image
+    p.write_bytes(b"user's own file")  # an existing file must be left as is
+    assert io.ensure_demo_input(p).read_bytes() == b"user's own file"
