@@ -122,3 +122,17 @@ def test_bad_inputs_are_one_sentence_errors(rm, tmp_path):
         rm.refine_prompt("a cat", txt)
     with pytest.raises(FileNotFoundError, match="Cosmos-Reason1"):
         reason.ReasonModel.from_checkpoint(tmp_path / "nope", device="cpu")
+
+
+def test_fallback_chat_template_renders_chatml():
+    tok = reason.tiny_tokenizer()
+    text = tok.apply_chat_template(
+        [{"role": "system", "content": "be brief"},
+         {"role": "user", "content": [{"type": "text", "text": "a cat"}, {"type": "video", "video": "x.mp4"}]}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    assert text == (
+        "<|im_start|>system\nbe brief<|im_end|>\n"
+        "<|im_start|>user\na cat<|vision_start|><|video_pad|><|vision_end|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )

@@ -268,16 +268,17 @@ def _expand_placeholders(text: str, token: str, counts: Sequence[int]) -> str:
 
 # A ChatML-style template of our own, used by the tiny tokenizer and when a checkpoint ships none.
 CHAT_TEMPLATE = (
-    "{%- for m in messages -%}"
-    "<|im_start|>{{ m['role'] }}\n"
-    "{%- if m['content'] is string %}{{ m['content'] }}"
-    "{%- else %}{%- for c in m['content'] %}"
-    "{%- if c['type'] == 'text' %}{{ c['text'] }}"
-    "{%- elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- endif %}{%- endfor %}{%- endif %}<|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif -%}"
+    "{% for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'text' %}{{ c['text'] }}"
+    "{% elif c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif c['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")
