@@ -27,7 +27,9 @@ def home() -> Path:
 
 def ensure_home() -> Path:
     h = home()
-    h.mkdir(parents=True, exist_ok=True)
+    if not h.exists():
+        # prompts, specs and logs are the user's business: private from the start
+        h.mkdir(parents=True, mode=0o700)
     return h
 
 

@@ -1,0 +1,181 @@
+"""The daemon's socket protocol, for the CLI and the TUI alike.
+
+One short connection per call, so a Client can be shared by threads (the TUI calls it from worker
+threads). `watch()` keeps its own connection open and yields events until closed.
+
+    c = Client.connect()            # starts the daemon if none is running
+    jid = c.submit({"prompt": "a cat"}, preset="tiny-cpu")
+    for ev in c.watch(jid): ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from cosmos_tui import paths
+
+
+class DaemonError(RuntimeError):
+    """The daemon refused a request; the message is its one-sentence reason."""
+
+
+class DaemonNotRunning(DaemonError):
+    """Nothing listens on the socket."""
+
+
+class Client:
+    def __init__(self, socket_path: str | os.PathLike | None = None, timeout: float = 120.0):
+        self.socket_path = Path(socket_path) if socket_path else paths.socket_path()
+        self.timeout = timeout
+
+    @classmethod
+    def connect(cls, autostart: bool = True, socket_path: str | os.PathLike | None = None) -> "Client":
+        """A client whose daemon answers; starts one first when `autostart` and none is running."""
+        client = cls(socket_path)
+        try:
+            client.ping()
+            return client
+        except DaemonNotRunning:
+            if not autostart:
+                raise
+        start_daemon()
+        client.ping()
+        return client
+
+    # -- transport --
+
+    def _open(self, timeout: float | None) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(self.socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as err:
+            s.close()
+            raise DaemonNotRunning(
+                f"no cosmos-tui daemon is running (socket {self.socket_path}: {err.strerror}); "
+                f"start one with `cosmos-tui daemon start`"
+            ) from None
+        return s
+
+    def request(self, op: str, **fields):
+        """Send one request and return its result, or raise DaemonError with the daemon's message."""
+        s = self._open(self.timeout)
+        try:
+            s.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+            with s.makefile("rb") as f:
+                line = f.readline()
+        finally:
+            s.close()
+        if not line:
+            raise DaemonError(f"the daemon closed the connection without answering {op!r}")
+        resp = json.loads(line)
+        if not resp.get("ok"):
+            raise DaemonError(resp.get("error") or f"{op} failed")
+        return resp.get("result")
+
+    # -- the API --
+
+    def ping(self) -> dict:
+        return self.request("ping")
+
+    def submit(self, spec: dict, preset: str | None = None, priority: int = 0) -> int:
+        return self.request("submit", spec=spec, preset=preset, priority=priority, cwd=os.getcwd())
+
+    def submit_batch(self, specs: list[dict], preset: str | None = None, priority: int = 0,
+                     base: dict | None = None) -> list[int]:
+        """One job per item of `specs` (each merged over `base` over the preset); all or none."""
+        return self.request("submit_batch", specs=specs, preset=preset, priority=priority, base=base or {},
+                            cwd=os.getcwd())
+
+    def jobs(self, states: list[str] | None = None) -> list[dict]:
+        return self.request("jobs", states=list(states) if states else None)
+
+    def job(self, id: int) -> dict:
+        return self.request("job", job=id)
+
+    def events(self, id: int, after: int = 0) -> list[dict]:
+        return self.request("events", job=id, after=after)
+
+    def cancel(self, id: int) -> str:
+        return self.request("cancel", job=id)
+
+    def retry(self, id: int) -> int:
+        return self.request("retry", job=id)
+
+    def pause(self, reason: str | None = None) -> dict:
+        return self.request("pause", reason=reason)
+
+    def resume(self) -> dict:
+        return self.request("resume")
+
+    def move(self, id: int, offset: int = 0, to: int | None = None) -> int:
+        """Move a queued job `offset` places (negative = sooner) or to 1-based place `to`; returns
+        its new place."""
+        return self.request("move", job=id, offset=offset, to=to)
+
+    def queue(self) -> dict:
+        return self.request("queue")
+
+    def gpus(self) -> list[dict]:
+        return self.request("gpus")
+
+    def log_path(self, id: int) -> str:
+        return self.request("log_path", job=id)
+
+    def shutdown(self, force: bool = False) -> str:
+        return self.request("shutdown", force=force)
+
+    def watch(self, job: int | None = None, timeout: float | None = None) -> Iterator[dict]:
+        """Events as they happen (all jobs, or one). Blocks between events; `timeout` bounds each
+        wait (socket.timeout is raised). Close the generator to hang up."""
+        s = self._open(self.timeout)
+        try:
+            s.sendall((json.dumps({"op": "watch", "job": job}) + "\n").encode())
+            f = s.makefile("rb")
+            first = f.readline()
+            if not first or not json.loads(first).get("ok"):
+                raise DaemonError(f"watch refused: {first[:200]!r}")
+            s.settimeout(timeout)
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            s.close()
+
+
+def start_daemon(timeout: float = 60.0) -> list[str]:
+    """Start the detached daemon (a no-op if one runs) and wait until it answers. Returns the
+    warnings it printed (e.g. how to enable lingering). Raises DaemonError with its reason if it
+    could not start (e.g. a damaged job database)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "cosmos_tui.daemon", "--detach"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, env=env,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise DaemonError(f"the daemon did not start within {timeout:.0f} s; see {paths.daemon_log_path()}") from None
+    if out.returncode != 0:
+        msg = (out.stderr or out.stdout).strip() or f"exit code {out.returncode}"
+        raise DaemonError(msg.removeprefix("error: "))
+    client = Client()
+    deadline = time.time() + timeout
+    while True:
+        try:
+            client.ping()
+            break
+        except DaemonNotRunning:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    return [line for line in out.stdout.splitlines() if line.strip()]
