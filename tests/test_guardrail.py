@@ -148,3 +148,21 @@ def test_safety_head_loads_any_prefix():
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
     with pytest.raises(ValueError):
         guardrail.load_safety_head(dst, {"net.0.weight": torch.zeros(3, 3)})
+
+
+def test_model_checks_that_error_let_through_but_warn(tmp_path):
+    # Present-but-broken checkpoints: the checks are wired in, fail on load, pass with a warning.
+    (tmp_path / "meta-llama" / "Llama-Guard-3-8B").mkdir(parents=True)
+    vf = tmp_path / "nvidia" / "Cosmos-Guardrail1" / "video_content_safety_filter"
+    vf.mkdir(parents=True)
+    (vf / "safety_filter.pt").write_bytes(b"not a checkpoint")
+    events = []
+    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu", emit=events.append)
+    assert g.report()["unavailable"] == [] or "FacePixelation" in g.report()["unavailable"]
+    assert g.check_text("a cat on a sofa").ok
+    v, _ = g.check_video(np.zeros((2, 16, 16, 3), np.uint8))
+    assert v.ok
+    warnings = [e["message"] for e in events if e["event"] == "log" and e["level"] == "warning"]
+    assert any("LlamaGuard3 errored" in m for m in warnings)
+    assert any("VideoSafetyClassifier could not load" in m for m in warnings)
+    assert set(g.report()["ran"]) >= {"Blocklist", "LlamaGuard3", "VideoSafetyClassifier"}
