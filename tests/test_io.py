@@ -156,6 +156,9 @@ def test_prompt_sidecar_sections(tmp_path):
     p = io.write_prompt_sidecar(video, "a cat", "blurry", "a fluffy cat walks")
     assert p == tmp_path / "clip.txt"
     assert p.read_text() == "[Prompt]\na cat\n\n[Negative Prompt]\nblurry\n\n[Refined Prompt]\na fluffy cat walks\n"
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert p.stat().st_mode == plain.stat().st_mode  # the umask applies, not a private 0600
     p = io.write_prompt_sidecar(video, "a cat")
     assert p.read_text() == "[Prompt]\na cat\n"
     text = io.write_prompt_sidecar(video, "x", None, ["one", "two"]).read_text()
