@@ -102,7 +102,7 @@ class Video2WorldPipeline:
             from engine.models import reason
 
             self._refiner = reason.build_reason(self.spec, checkpoints.reason_dir(self.spec), self.device,
-                                                offload=self.spec.offload_prompt_refiner)
+                                                offload=self.spec.offload_prompt_refiner, emit=self.ev._emit)
         return self._refiner
 
     def release_aux(self) -> None:
@@ -126,7 +126,7 @@ class Video2WorldPipeline:
         if self.spec.disable_prompt_refiner:
             return None
         t0 = time.perf_counter()
-        refined = self.refiner.refine(prompt, input_path, emit=self.ev._emit)
+        refined = self.refiner.refine_prompt(prompt, input_path)
         self.ev.log(f"prompt refined in {time.perf_counter() - t0:.1f}s")
         return refined
 

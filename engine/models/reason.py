@@ -513,3 +513,10 @@ def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
 
 def tiny_reason_model(seed: int = 0, **kwargs: Any) -> ReasonModel:
     return ReasonModel.tiny(seed=seed, **kwargs)
+
+
+def build_reason(spec, path: str | os.PathLike, device, offload: bool = False, emit: Callable | None = None) -> ReasonModel:
+    """The refiner/critic for a job: the tiny random model for `--model_size tiny`, else the checkpoint."""
+    if spec.model_size == "tiny":
+        return ReasonModel.tiny(seed=0, device=str(device), emit=emit)
+    return ReasonModel.from_checkpoint(path, device=str(device), offload=offload, emit=emit)

@@ -20,7 +20,11 @@ def run_job(spec: GenerationSpec, emit: events.Emit | None = None, pipeline=None
     """
     from engine.modes import bestofn, lvg, video2world
 
+    from engine import io
+
     ev = events.Emitter(emit, job)
+    if spec.input_path == io.DEMO_INPUT_PATH and not spec.skip_generation:
+        io.ensure_demo_input(spec.input_path)  # the tiny preset's input is drawn on first use
     runner: Callable = {"video2world": video2world.run, "lvg": lvg.run, "bestofn": bestofn.run}[spec.mode]
     ev("started", mode=spec.mode, spec=spec.model_dump())
     return runner(spec, ev, pipeline=pipeline, cancel=cancel)

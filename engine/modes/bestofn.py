@@ -60,24 +60,22 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
             from engine.pipeline import Cancelled
 
             raise Cancelled("cancelled by the user")
-        texts = judge.critique(str(video), trials=spec.num_critic_trials, seed=spec.seed)
+        texts = judge.critique_video(str(video), trials=spec.num_critic_trials, seed=spec.seed)
         trials = [critic.parse_trial(t) for t in texts]
-        value = critic.score(trials)
-        paths = critic.write_report(video, trials, out_dir)
-        for p in paths:
-            outputs.append(str(p))
-            ev("output", path=str(p), kind="report")
-        answers = [t.answer for t in trials]
-        ev("critic", video=str(video), trial=None, total=len(trials), score=value, answers=answers, index=i + 1,
-           videos=len(videos))
-        results.append({"video": str(video), "score": value, "answers": answers,
-                        "report": [str(p) for p in paths]})
-    ranking = critic.write_ranking(results, out_dir / "ranking.json")
-    outputs.append(str(ranking))
-    ev("output", path=str(ranking), kind="ranking")
-    best = max(results, key=lambda r: r["score"]) if results else None
-    if best:
-        ev.log(f"best video: {best['video']} (score {best['score']:.2f})")
+        result = critic.write_report(video, trials, out_dir)
+        for p in (result.json_path, result.html_path):
+            outputs.append(p)
+            ev("output", path=p, kind="report")
+        ev("critic", video=result.video, trial=None, total=len(trials), score=result.score,
+           score_pct=result.score_pct, answers=result.answers, index=i + 1, videos=len(videos),
+           report=result.html_path)
+        results.append(result)
+    ranking_path = out_dir / "ranking.json"
+    doc = critic.write_ranking(results, ranking_path)
+    outputs.append(str(ranking_path))
+    ev("output", path=str(ranking_path), kind="ranking")
+    if doc["winner"]:
+        ev.log(f"best video: {doc['winner']} (score {doc['ranking'][0]['score']:.2f})")
     return outputs
 
 
@@ -89,4 +87,4 @@ def _critic(spec: GenerationSpec, pipe, ev: events.Emitter):
 
     device = pipe.device if pipe is not None else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     path = spec.checkpoint_dir or checkpoints.reason_dir(spec)
-    return reason.build_reason(spec, path, device, offload=False)
+    return reason.build_reason(spec, path, device, offload=False, emit=ev._emit)
