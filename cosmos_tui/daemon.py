@@ -511,7 +511,7 @@ class Daemon:
         d = {k: row[k] for k in (
             "id", "state", "mode", "preset", "prompt", "spec", "created", "started", "finished", "step",
             "total_steps", "chunk", "num_chunks", "generation", "num_generations", "sec_per_step", "gpus",
-            "peak_mem", "error", "reason", "attempt_of", "priority", "gpus_wanted", "cwd",
+            "peak_mem", "error", "reason", "attempt_of", "priority", "gpus_wanted", "cwd", "engine_pid",
         )}
         if d["num_chunks"] is None and row["mode"] == "lvg":
             d["num_chunks"] = spec.get("num_chunks")

@@ -61,7 +61,10 @@ def _claim_stdout():
 
 
 def _log(message: str) -> None:
-    print(f"[engine {os.getpid()}] {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"[engine {os.getpid()}] {message}", file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass  # the daemon that read our stderr is gone; stdin EOF handling deals with that
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -77,6 +80,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
         isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
     ):
         return "oom", f"CUDA out of memory: {first}"[:500]
+    # by name: importing engine.pipeline here would pull in torch for a spec error
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "GuardrailBlocked" in names:
+        return "guardrail", first or "a guardrail check refused this job"
+    if "Cancelled" in names:
+        return "cancelled", "cancelled on request"
     reason = getattr(exc, "reason", None)
     if reason in events.FAIL_REASONS:
         return reason, first or type(exc).__name__

@@ -61,8 +61,7 @@ def fake_run_job(spec, emit, pipeline=None, cancel=None):
     out = Path(spec.save_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"fake video for {spec.prompt!r}\n")
-    # built by hand: events.make()'s own `kind` parameter collides with the output event's field
-    emit({"event": "output", "job": None, "t": time.time(), "path": str(out.resolve()), "kind": "video"})
+    ev("output", path=str(out.resolve()), kind="video")
     return [str(out.resolve())]
 
 

@@ -1,0 +1,503 @@
+"""`cosmos-tui`: the command line. With no subcommand it opens the TUI.
+
+Every queue command talks to the daemon through cosmos_tui.client (the daemon starts on demand);
+`run` works without one, in this process.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cosmos_tui.client import Client, DaemonError, DaemonNotRunning, start_daemon
+
+EXAMPLES = """
+Examples:
+
+  cosmos-tui                                   open the workstation (TUI)
+  cosmos-tui demo                              queue a tiny CPU job and open the TUI
+  cosmos-tui submit tiny-cpu --set prompt="a red kite over the sea" --set seed=3
+  cosmos-tui submit 2b-720p16 --batch batch.json      one job per entry of the seed's batch JSON
+  cosmos-tui ls                                 the queue; `ls --json` for scripts
+  cosmos-tui show 12          cosmos-tui logs -f 12          cosmos-tui cancel 12
+  cosmos-tui retry 12         cosmos-tui move 14 --to 1      cosmos-tui pause / resume
+  cosmos-tui run tiny-cpu --set num_steps=2     run in the foreground, no daemon
+  cosmos-tui daemon status    cosmos-tui presets list        cosmos-tui presets show tiny-cpu
+"""
+
+app = typer.Typer(
+    help="A terminal workstation for Cosmos-Predict2 Video2World: queue jobs, close the laptop, "
+    "come back to finished videos.\n" + EXAMPLES,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+daemon_app = typer.Typer(help="Start, stop or inspect the queue daemon (one per user, survives logout).",
+                         no_args_is_help=True)
+presets_app = typer.Typer(help="List, show and create presets (named job setups, TOML).", no_args_is_help=True)
+app.add_typer(daemon_app, name="daemon")
+app.add_typer(presets_app, name="presets")
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def friendly(fn):
+    """Turn the errors a user can cause into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from engine.spec import SpecError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DaemonError, SpecError) as err:
+            _err(str(err))
+            raise typer.Exit(1)
+        except ValueError as err:
+            if type(err).__name__ == "PresetError":
+                _err(str(err))
+                raise typer.Exit(1)
+            raise
+
+    return wrapper
+
+
+# -- --set parsing --
+
+
+def _is_text_field(name: str) -> bool:
+    from engine.spec import GenerationSpec
+
+    field = GenerationSpec.model_fields.get(name)
+    if field is None:
+        return False
+    ann = field.annotation
+    if ann is str:
+        return True
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is typing.Literal:
+        return all(isinstance(a, str) for a in args)
+    return str in args  # Optional[str]
+
+
+def parse_sets(items: List[str]) -> dict:
+    """`key=value` pairs into spec overrides. Text fields keep the text as written (resolution
+    "720" stays a string); other values are read as JSON (3, 7.5, true) and fall back to text."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: write --set key=value, e.g. --set seed=3", param_hint="--set")
+        if _is_text_field(key):
+            out[key] = value
+            continue
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def batch_items(path: Path) -> list[dict]:
+    """Spec overrides per entry of a batch file: the seed's format ({input_video, prompt,
+    output_video}) or spec field names."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise typer.BadParameter(f"{path}: {err.strerror}", param_hint="--batch") from None
+    except ValueError as err:
+        raise typer.BadParameter(f"{path} is not valid JSON ({err})", param_hint="--batch") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise typer.BadParameter(f"{path}: expected a JSON list of objects", param_hint="--batch")
+    renames = {"input_video": "input_path", "input_image": "input_path", "output_video": "save_path"}
+    items = []
+    for i, entry in enumerate(data):
+        item = {renames.get(k, k): v for k, v in entry.items()}
+        items.append(item)
+    return items
+
+
+# -- the TUI --
+
+
+def _open_tui() -> None:
+    try:
+        from cosmos_tui.app import run_app
+    except ImportError as err:
+        _err(f"the TUI is not available in this installation ({err}); the CLI commands work: "
+             f"cosmos-tui --help")
+        raise typer.Exit(1)
+    run_app()
+
+
+@app.callback()
+def root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        _open_tui()
+
+
+# -- queue commands --
+
+
+@app.command()
+@friendly
+def submit(
+    preset: Optional[str] = typer.Argument(None, help="Preset name or .toml path (see `presets list`)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec field: --set prompt=\"...\" --set seed=3"),
+    batch: Optional[Path] = typer.Option(None, "--batch", help="Batch JSON: a list of {input_video, prompt, output_video}; one job each."),
+    priority: int = typer.Option(0, help="Higher goes ahead of lower in the queue."),
+    as_json: bool = typer.Option(False, "--json", help="Print the job ids as JSON."),
+) -> None:
+    """Queue a job (or a batch) from a preset plus overrides.
+
+    Example: cosmos-tui submit tiny-cpu --set prompt="a red kite" --set seed=3
+    """
+    overrides = parse_sets(set_)
+    client = Client.connect()
+    if batch is not None:
+        ids = client.submit_batch(batch_items(batch), preset=preset, priority=priority, base=overrides)
+    else:
+        ids = [client.submit(overrides, preset=preset, priority=priority)]
+    if as_json:
+        typer.echo(json.dumps(ids))
+    else:
+        for jid in ids:
+            typer.echo(f"queued job {jid}")
+
+
+def _progress(j: dict) -> str:
+    if j["state"] != "running" or not j.get("total_steps"):
+        return ""
+    parts = []
+    if j.get("num_chunks"):
+        parts.append(f"chunk {j.get('chunk') or 1}/{j['num_chunks']}")
+    if j.get("num_generations"):
+        parts.append(f"gen {j.get('generation') or 1}/{j['num_generations']}")
+    parts.append(f"step {j.get('step') or 0}/{j['total_steps']}")
+    return " ".join(parts)
+
+
+def _eta(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@app.command("ls")
+@friendly
+def ls_(
+    state: List[str] = typer.Option([], "--state", help="Only jobs in these states (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable: the job dicts as a JSON list."),
+) -> None:
+    """List jobs: the queue in order, then the rest newest first."""
+    client = Client.connect()
+    jobs = client.jobs(state or None)
+    if as_json:
+        typer.echo(json.dumps(jobs, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    q = client.queue()
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "STATE", "MODE", "PRESET", "PROGRESS", "ETA", "GPUS", "PROMPT"):
+        table.add_column(col, no_wrap=col != "PROMPT", overflow="ellipsis")
+    for j in jobs:
+        state_txt = j["state"] + (f" ({j['reason']})" if j["state"] == "failed" and j.get("reason") else "")
+        table.add_row(str(j["id"]), state_txt, j["mode"], j.get("preset") or "", _progress(j), _eta(j.get("eta_s")),
+                      ",".join(map(str, j.get("gpus") or [])), (j.get("prompt") or "")[:60])
+    console = Console()
+    if q["paused"]:
+        console.print(f"[yellow]queue paused[/]: {q.get('reason') or ''}")
+    console.print(table if jobs else "no jobs")
+
+
+@app.command()
+@friendly
+def show(job_id: int = typer.Argument(..., metavar="ID"),
+         as_json: bool = typer.Option(False, "--json", help="The job dict as JSON.")) -> None:
+    """Show one job: state, progress, outputs, critic verdicts, error."""
+    j = Client.connect().job(job_id)
+    if as_json:
+        typer.echo(json.dumps(j, default=str, indent=2))
+        return
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"  # noqa: E731
+    lines = [
+        f"job {j['id']}  {j['state']}" + (f" ({j['reason']})" if j.get("reason") else ""),
+        f"mode {j['mode']}   preset {j.get('preset') or '-'}   gpus {j.get('gpus') or '-'}",
+        f"prompt: {j.get('prompt')}",
+        f"created {stamp(j['created'])}   started {stamp(j['started'])}   finished {stamp(j['finished'])}",
+    ]
+    if _progress(j):
+        lines.append(f"progress: {_progress(j)}   eta {_eta(j.get('eta_s')) or '?'}")
+    if j.get("wait_reason"):
+        lines.append(f"waiting: {j['wait_reason']}")
+    if j.get("peak_mem"):
+        lines.append(f"peak GPU memory: {j['peak_mem'] / 1024**3:.2f} GiB")
+    if j.get("attempt_of"):
+        lines.append(f"retry of job {j['attempt_of']}")
+    if j.get("error"):
+        lines.append(f"error: {j['error']}")
+    for o in j.get("outputs") or []:
+        lines.append(f"output ({o['kind']}): {o['path']}")
+    for c in j.get("critic") or []:
+        lines.append(f"critic: {c.get('video')} trial {c.get('trial')} score {c.get('score')}")
+    lines.append(f"log: {j['log_path']}")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+@friendly
+def logs(job_id: int = typer.Argument(..., metavar="ID"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends.")) -> None:
+    """Print a job's log (engine output and events); -f follows it."""
+    client = Client.connect()
+    path = Path(client.log_path(job_id))
+    pos = 0
+    while True:
+        if path.exists():
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos = f.tell()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        if not follow:
+            return
+        if client.job(job_id)["state"] not in ("queued", "running"):
+            # one last read: lines written between the read above and the state check
+            if path.exists() and path.stat().st_size > pos:
+                continue
+            return
+        time.sleep(0.5)
+
+
+@app.command()
+@friendly
+def cancel(job_ids: List[int] = typer.Argument(..., metavar="ID...")) -> None:
+    """Cancel queued or running jobs (a running job's whole process group is stopped)."""
+    client = Client.connect()
+    for jid in job_ids:
+        client.cancel(jid)
+        typer.echo(f"cancelled job {jid}")
+
+
+@app.command()
+@friendly
+def retry(job_ids: List[int] = typer.Argument(..., metavar="ID...")) -> None:
+    """Queue a new attempt of finished/failed/cancelled/interrupted jobs, at the front."""
+    client = Client.connect()
+    # each retry goes to the front: submit in reverse so they run in the order given
+    new = {jid: client.retry(jid) for jid in reversed(job_ids)}
+    for jid in job_ids:
+        typer.echo(f"job {new[jid]} queued (retry of job {jid})")
+
+
+@app.command()
+@friendly
+def pause() -> None:
+    """Pause the queue: running jobs finish, nothing new starts."""
+    Client.connect().pause()
+    typer.echo("queue paused")
+
+
+@app.command()
+@friendly
+def resume() -> None:
+    """Resume the queue (after a pause, an out-of-memory stop or a restart after a crash)."""
+    Client.connect().resume()
+    typer.echo("queue resumed")
+
+
+@app.command()
+@friendly
+def move(
+    job_id: int = typer.Argument(..., metavar="ID"),
+    up: bool = typer.Option(False, "--up", help="One place sooner."),
+    down: bool = typer.Option(False, "--down", help="One place later."),
+    to: Optional[int] = typer.Option(None, "--to", help="To this place (1 = next to run)."),
+) -> None:
+    """Reorder a queued job: --up, --down or --to N."""
+    if sum([up, down, to is not None]) != 1:
+        raise typer.BadParameter("give exactly one of --up, --down, --to N")
+    client = Client.connect()
+    place = client.move(job_id, to=to) if to is not None else client.move(job_id, -1 if up else 1)
+    typer.echo(f"job {job_id} is number {place} in the queue")
+
+
+# -- the daemon --
+
+
+@daemon_app.command("start")
+@friendly
+def daemon_start() -> None:
+    """Start the daemon in the background (no-op if it runs)."""
+    for line in start_daemon():
+        typer.echo(line)
+    info = Client().ping()
+    typer.echo(f"daemon running (pid {info['pid']}), state in {info['home']}")
+    for w in info.get("warnings") or []:
+        typer.echo(f"warning: {w}", err=True)
+
+
+@daemon_app.command("stop")
+@friendly
+def daemon_stop(force: bool = typer.Option(False, "--force", help="Stop even with jobs running (they become interrupted).")) -> None:
+    """Stop the daemon."""
+    try:
+        Client().shutdown(force=force)
+    except DaemonNotRunning:
+        typer.echo("no daemon is running")
+        return
+    typer.echo("daemon stopping")
+
+
+@daemon_app.command("status")
+@friendly
+def daemon_status() -> None:
+    """Is the daemon running; queue counts; engines; warnings."""
+    client = Client()
+    try:
+        info = client.ping()
+    except DaemonNotRunning:
+        typer.echo("no daemon is running (it starts on demand, or: cosmos-tui daemon start)")
+        raise typer.Exit(1)
+    q = client.queue()
+    typer.echo(f"daemon running (pid {info['pid']}), state in {info['home']}")
+    typer.echo(f"queue {'paused: ' + (q.get('reason') or '') if q['paused'] else 'running'}")
+    typer.echo("jobs: " + (", ".join(f"{n} {s}" for s, n in sorted(q["counts"].items())) or "none"))
+    typer.echo(f"GPUs: {q['gpu_count']} ({q['gpu_backend']}); engines: {len(q['engines'])}")
+    for e in q["engines"]:
+        typer.echo(f"  engine {e['pid']} on GPUs {e['gpus']}: {'job ' + str(e['job']) if e['job'] else 'idle'}")
+    for w in q.get("warnings") or []:
+        typer.echo(f"warning: {w}", err=True)
+
+
+# -- foreground run --
+
+
+def _resolve_local(preset: Optional[str], overrides: dict):
+    from engine.spec import spec_from_dict
+
+    base = {}
+    if preset:
+        from cosmos_tui.presets import load_preset
+
+        p = load_preset(preset)
+        if p.spec is None:
+            raise DaemonError(f"preset {preset!r} is invalid: {p.error}")
+        base = dict(p.overrides)
+    return spec_from_dict({**base, **overrides})
+
+
+@app.command()
+@friendly
+def run(
+    preset: Optional[str] = typer.Argument(None, help="Preset name or .toml path."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec field, e.g. --set num_steps=2"),
+) -> None:
+    """Run one job here, in the foreground, without the daemon (Ctrl-C stops it)."""
+    import threading
+
+    from engine.progress import make_renderer
+    from engine.spec import InputError
+
+    spec = _resolve_local(preset, parse_sets(set_))
+    from engine.modes import run_job
+
+    cancel = threading.Event()
+    with make_renderer() as render:
+        try:
+            outputs = run_job(spec, render, cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.set()
+            _err("interrupted")
+            raise typer.Exit(130)
+        except InputError as err:
+            _err(str(err))
+            raise typer.Exit(1)
+    for p in outputs or []:
+        typer.echo(p)
+
+
+@app.command()
+@friendly
+def demo() -> None:
+    """Queue a tiny CPU job (the tiny-cpu preset) and open the TUI."""
+    jid = Client.connect().submit({}, preset="tiny-cpu")
+    typer.echo(f"queued job {jid} (tiny-cpu)")
+    _open_tui()
+
+
+# -- presets --
+
+
+def _presets():
+    try:
+        import cosmos_tui.presets as presets
+    except ImportError as err:
+        _err(f"presets are not available in this installation ({err})")
+        raise typer.Exit(1)
+    return presets
+
+
+@presets_app.command("list")
+@friendly
+def presets_list() -> None:
+    """Every preset, shipped and user (a user preset shadows a shipped one of the same name)."""
+    for p in _presets().list_presets():
+        note = f"  [broken: {p.error}]" if p.error else ""
+        typer.echo(f"{p.name:24} {p.source:8} {p.description}{note}")
+
+
+@presets_app.command("show")
+@friendly
+def presets_show(name: str = typer.Argument(..., help="Preset name or .toml path.")) -> None:
+    """Print a preset's file and the full spec it gives."""
+    p = _presets().load_preset(name)
+    typer.echo(f"# {p.path} ({p.source})")
+    typer.echo(Path(p.path).read_text().rstrip())
+    if p.spec is not None:
+        typer.echo("\n# resolved spec")
+        typer.echo(json.dumps(p.spec.model_dump(mode="json"), indent=2))
+
+
+@presets_app.command("new")
+@friendly
+def presets_new(
+    name: str = typer.Argument(..., help="The new preset's name."),
+    base: Optional[str] = typer.Option(None, "--from", help="Start from this preset."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Fields to change, e.g. --set fps=10"),
+    description: str = typer.Option("", "--description", "-d"),
+) -> None:
+    """Save a user preset: a base preset plus --set changes.
+
+    Example: cosmos-tui presets new my-480 --from 2b-720p16 --set resolution=480 --set fps=10
+    """
+    presets = _presets()
+    spec = _resolve_local(base, parse_sets(set_))
+    path = presets.save_user_preset(name, spec, description)
+    typer.echo(f"saved {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
