@@ -1,0 +1,138 @@
+"""The command line against a daemon with the fake engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cosmos_tui.cli import app, parse_sets
+
+runner = CliRunner()
+
+
+def cli(*args, ok=True):
+    result = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def test_parse_sets_keeps_text_fields_as_text():
+    got = parse_sets(["prompt=a cat, 3 legs", "seed=3", "guidance=7.5", "resolution=720",
+                      "disable_guardrail=true", "save_path=out/1.mp4", "fps=10"])
+    assert got == {"prompt": "a cat, 3 legs", "seed": 3, "guidance": 7.5, "resolution": "720",
+                   "disable_guardrail": True, "save_path": "out/1.mp4", "fps": 10}
+
+
+def test_help_has_examples():
+    out = cli("--help").output
+    assert "cosmos-tui submit tiny-cpu --set" in out and "logs -f" in out
+    assert "--batch" in cli("submit", "--help").output
+
+
+def test_submit_ls_show_logs(daemon, tmp_path, wait_until):
+    out = tmp_path / "cli.mp4"
+    res = cli("submit", "tiny-cpu", "--set", "prompt=a kite", "--set", f"save_path={out}", "--set", "seed=3", "--json")
+    (jid,) = json.loads(res.output)
+    wait_until(lambda: daemon.job(jid)["state"] == "done", what="the job to finish")
+    jobs = json.loads(cli("ls", "--json").output)
+    assert [j["id"] for j in jobs] == [jid] and jobs[0]["spec"]["seed"] == 3
+    assert jobs[0]["spec"]["model_size"] == "tiny"  # from the preset
+    shown = json.loads(cli("show", jid, "--json").output)
+    assert shown["state"] == "done" and shown["outputs"][0]["path"] == str(out)
+    text = cli("show", jid).output
+    assert f"job {jid}  done" in text and str(out) in text
+    assert "a kite" in cli("ls").output
+    assert "step" in cli("logs", jid).output
+    assert "finished" in cli("logs", "-f", jid).output  # returns because the job has ended
+
+
+def test_batch_file_makes_one_job_per_entry(daemon, tmp_path):
+    daemon.pause()
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps([
+        {"input_video": "a.jpg", "prompt": "first", "output_video": "o1.mp4"},
+        {"input_video": "b.jpg", "prompt": "second", "output_video": "o2.mp4"},
+    ]))
+    ids = json.loads(cli("submit", "--batch", batch, "--set", "seed=9", "--json").output)
+    assert len(ids) == 2
+    jobs = {j["id"]: j for j in daemon.jobs()}
+    assert [jobs[i]["spec"]["input_path"] for i in ids] == ["a.jpg", "b.jpg"]
+    assert [jobs[i]["spec"]["save_path"] for i in ids] == ["o1.mp4", "o2.mp4"]
+    assert {jobs[i]["spec"]["seed"] for i in ids} == {9}
+
+
+def test_errors_are_one_line_and_exit_nonzero(daemon, tmp_path):
+    res = cli("submit", "no-such-preset", ok=False)
+    assert res.exit_code == 1 and "preset 'no-such-preset' not found" in res.output
+    res = cli("submit", "--set", "colour=red", ok=False)
+    assert res.exit_code == 1 and "colour: unknown key" in res.output
+    res = cli("cancel", 77, ok=False)
+    assert res.exit_code == 1 and "job 77 does not exist" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    res = cli("submit", "--batch", bad, ok=False)
+    assert res.exit_code == 2 and "not valid JSON" in res.output
+
+
+def test_pause_move_cancel_retry_resume(daemon, wait_until):
+    cli("pause")
+    assert daemon.queue()["paused"] is True
+    a, b = (json.loads(cli("submit", "--set", f"prompt={p}", "--json").output)[0] for p in "ab")
+    assert "number 1" in cli("move", b, "--up").output
+    assert [j["id"] for j in daemon.jobs(["queued"])] == [b, a]
+    cli("move", b, "--to", 2)
+    assert [j["id"] for j in daemon.jobs(["queued"])] == [a, b]
+    assert cli("move", b, ok=False).exit_code == 2
+    cli("cancel", a)
+    assert daemon.job(a)["state"] == "cancelled"
+    out = cli("retry", a).output
+    new = int(out.split()[1])
+    assert daemon.job(new)["attempt_of"] == a
+    cli("resume")
+    wait_until(lambda: daemon.job(new)["state"] == "done" and daemon.job(b)["state"] == "done",
+               what="the queue to drain")
+
+
+def test_daemon_status_and_stop(daemon, wait_until):
+    out = cli("daemon", "status").output
+    assert "daemon running" in out and "GPUs: 2 (demo)" in out
+    cli("daemon", "stop")
+    from cosmos_tui.client import Client, DaemonNotRunning
+
+    def gone():
+        try:
+            Client().ping()
+            return False
+        except DaemonNotRunning:
+            return True
+
+    wait_until(gone, what="the daemon to stop")
+    res = cli("daemon", "status", ok=False)
+    assert res.exit_code == 1 and "no daemon is running" in res.output
+
+
+def test_presets_list_show_new(tmp_path):
+    assert "tiny-cpu" in cli("presets", "list").output
+    out = cli("presets", "show", "tiny-cpu").output
+    assert 'model_size = "tiny"' in out and '"num_steps": 4' in out
+    out = cli("presets", "new", "my-tiny", "--from", "tiny-cpu", "--set", "seed=5", "-d", "mine").output
+    assert "my-tiny.toml" in out
+    assert '"seed": 5' in cli("presets", "show", "my-tiny").output
+    res = cli("presets", "new", "bad", "--set", "fps=11", ok=False)
+    assert res.exit_code == 1 and "fps" in res.output
+
+
+@pytest.mark.slow
+def test_run_in_the_foreground_with_the_tiny_profile(tmp_path, monkeypatch):
+    pytest.importorskip("engine.modes.video2world")
+    monkeypatch.chdir(tmp_path)
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 40, 90)).save(tmp_path / "in.png")
+    res = cli("run", "tiny-cpu", "--set", "num_steps=2", "--set", "input_path=in.png",
+              "--set", "save_path=out/t.mp4")
+    assert (tmp_path / "out" / "t.mp4").is_file()
+    assert "t.mp4" in res.output
