@@ -71,6 +71,8 @@ class Client:
             s.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
             with s.makefile("rb") as f:
                 line = f.readline()
+        except (ConnectionResetError, BrokenPipeError):
+            raise DaemonNotRunning(f"the daemon went away while answering {op!r} (it may be stopping)") from None
         finally:
             s.close()
         if not line:
