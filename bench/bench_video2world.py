@@ -51,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="ours: torch.compile each DiT block")
     p.add_argument("--two_forward_cfg", action="store_true", help="ours: cond/uncond as two forwards, not a batch of 2")
     p.add_argument("--peer", default="diffusers", choices=["diffusers", "none"])
+    p.add_argument("--peer_steps", type=int, default=None, help="steps timed for the peer (default --timed_steps)")
     p.add_argument("--peer_backend", default="default", help="peer SDPA kernel: default|cudnn|flash|efficient")
     p.add_argument("--vae", action="store_true", help="also time our VAE decode (and encode) at this size")
     p.add_argument("--peer_vae", action="store_true", help="also time diffusers' AutoencoderKLWan decode")
@@ -220,7 +221,7 @@ def main(argv=None):
                          condition_mask=mask.to(dtype), padding_mask=pad, return_dict=False)
 
         torch.cuda.reset_peak_memory_stats()
-        t = cuda_time(peer_step, 1, args.timed_steps)
+        t = cuda_time(peer_step, 1, args.peer_steps or args.timed_steps)
         res["peer"] = {"step_s": statistics.median(t), "steps_s": t, "peak_gib": gib(torch.cuda.max_memory_allocated())}
         res["peer"]["denoise_s"] = res["peer"]["step_s"] * (args.num_steps + 1)
         print(f"peer  diffusers: {res['peer']['step_s']:.3f} s/step (2 forwards), peak {res['peer']['peak_gib']:.1f} GiB",

@@ -23,8 +23,18 @@ import torch
 
 from engine.models.attention import attention
 
-# Upper bound on gathered K (and V) elements per chunk: 2^28 = 512 MiB each in bf16.
+# Upper bound on gathered K (and V) elements per chunk off CUDA: 2^28 = 512 MiB each in bf16. On CUDA the
+# bound follows free memory (see _gather_budget): fewer, larger SDPA launches are what make this path fast.
 DEFAULT_MAX_GATHER = 1 << 28
+
+
+def _gather_budget(device: torch.device, element_size: int) -> int:
+    """Elements of K (and as many of V) one chunk may gather: a quarter of free GPU memory between the two,
+    capped at 2^31 elements; the CPU default elsewhere."""
+    if device.type != "cuda":
+        return DEFAULT_MAX_GATHER
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(max(DEFAULT_MAX_GATHER, min(1 << 31, free // (8 * element_size))))
 
 
 def _window_starts(n: int, w: int, s: int, device) -> torch.Tensor:
@@ -36,55 +46,68 @@ def _window_starts(n: int, w: int, s: int, device) -> torch.Tensor:
     return centres - left
 
 
+def _axis_groups(n: int, w: int, s: int, device) -> list[tuple[int, int, int]]:
+    """Along one axis: (query start, query length, key window start) per DISTINCT key window.
+
+    Tiles near the edges are clamped onto the same window (e.g. the first three tiles of a 40-wide
+    window at stride 8 all see keys 0..39); merging them into one query group means that window is
+    gathered once instead of once per tile, which cuts the gathered bytes by ~2.6x at 720p.
+    """
+    if w >= n:
+        return [(0, n, 0)]
+    starts = _window_starts(n, w, s, device).tolist()
+    groups: list[list[int]] = []  # [first query, end query, key start]
+    for tile, k0 in enumerate(starts):
+        q0, q1 = tile * s, min((tile + 1) * s, n)
+        if groups and groups[-1][2] == k0:
+            groups[-1][1] = q1
+        else:
+            groups.append([q0, q1, k0])
+    return [(q0, q1 - q0, k0) for q0, q1, k0 in groups]
+
+
+def _box_index(starts, lengths, dims, device) -> torch.Tensor:
+    """Flat (t h w) token indices of boxes: starts [G, 3] (one box per row), lengths 3 ints -> [G, prod]."""
+    T, H, W = dims
+    st = torch.as_tensor(starts, device=device)
+    ar = [torch.arange(n, device=device) for n in lengths]
+    it = (st[:, 0, None] + ar[0])[:, :, None, None]
+    ih = (st[:, 1, None] + ar[1])[:, None, :, None]
+    iw = (st[:, 2, None] + ar[2])[:, None, None, :]
+    return ((it * H + ih) * W + iw).reshape(len(starts), -1)
+
+
 def _strided_na(q, k, v, window, stride, backend, max_gather):
     B, T, H, W, N, D = q.shape
     X = (T, H, W)
+    flat = [x.reshape(B, T * H * W, N, D) for x in (q, k, v)]
     if all(w >= n for n, w in zip(X, window)):
         # Whole sub-grid visible (e.g. the dilated "sparse global" layers): plain dense attention.
-        flat = [x.reshape(B, T * H * W, N, D) for x in (q, k, v)]
         return attention(*flat, backend).reshape(B, T, H, W, N, D)
-    # An axis whose window is the whole axis needs no tiling: one tile, one window.
-    tile = tuple(n if w >= n else s for n, w, s in zip(X, window, stride))
+    q_flat, k_flat, v_flat = flat
     win = tuple(min(w, n) for n, w in zip(X, window))
-    starts = [
-        torch.zeros(1, dtype=torch.long, device=q.device) if w >= n else _window_starts(n, w, s, q.device)
-        for n, w, s in zip(X, window, stride)
-    ]
-    A = tuple(len(st) for st in starts)
-    padded = tuple(a * t for a, t in zip(A, tile))
-    if padded != X:
-        # Partial last tiles: pad queries with zeros; their outputs are dropped below.
-        qp = q.new_zeros(B, *padded, N, D)
-        qp[:, :T, :H, :W] = q
-    else:
-        qp = q
-    (At, Ah, Aw), (st, sh, sw) = A, tile
-    q_tiles = qp.reshape(B, At, st, Ah, sh, Aw, sw, N, D).permute(0, 1, 3, 5, 2, 4, 6, 7, 8)
-    q_tiles = q_tiles.reshape(B, At * Ah * Aw, st * sh * sw, N, D)
-
-    # Flat key indices of every tile's window box, [tiles, wt*wh*ww], in (t h w) order.
-    ar = [torch.arange(w, device=q.device) for w in win]
-    it = (starts[0][:, None] + ar[0])[:, None, None, :, None, None]
-    ih = (starts[1][:, None] + ar[1])[None, :, None, None, :, None]
-    iw = (starts[2][:, None] + ar[2])[None, None, :, None, None, :]
-    kv_index = ((it * H + ih) * W + iw).reshape(At * Ah * Aw, -1)
-    Lk = kv_index.shape[1]
-    k_flat, v_flat = k.reshape(B, T * H * W, N, D), v.reshape(B, T * H * W, N, D)
-
-    n_tiles = At * Ah * Aw
-    chunk = max(1, min(n_tiles, max_gather // max(1, B * Lk * N * D)))
-    out = torch.empty_like(q_tiles)
-    for c0 in range(0, n_tiles, chunk):
-        idx = kv_index[c0 : c0 + chunk]
-        c = idx.shape[0]
-        kc = k_flat[:, idx].reshape(B * c, Lk, N, D)
-        vc = v_flat[:, idx].reshape(B * c, Lk, N, D)
-        qc = q_tiles[:, c0 : c0 + c].reshape(B * c, -1, N, D)
-        out[:, c0 : c0 + c] = attention(qc, kc, vc, backend).reshape(B, c, -1, N, D)
-
-    out = out.reshape(B, At, Ah, Aw, st, sh, sw, N, D).permute(0, 1, 4, 2, 5, 3, 6, 7, 8)
-    out = out.reshape(B, *padded, N, D)
-    return out[:, :T, :H, :W] if padded != X else out
+    per_axis = [_axis_groups(n, w, s, q.device) for n, w, s in zip(X, window, stride)]
+    # Query groups are boxes; batch together the groups whose boxes have the same shape.
+    classes: dict[tuple, list[tuple]] = {}
+    for gt in per_axis[0]:
+        for gh in per_axis[1]:
+            for gw in per_axis[2]:
+                shape = (gt[1], gh[1], gw[1])
+                classes.setdefault(shape, []).append(((gt[0], gh[0], gw[0]), (gt[2], gh[2], gw[2])))
+    out = torch.empty_like(q_flat)
+    Lk = math.prod(win)
+    chunk = max(1, max_gather // max(1, B * Lk * N * D))
+    for shape, members in classes.items():
+        q_index = _box_index([m[0] for m in members], shape, X, q.device)
+        kv_index = _box_index([m[1] for m in members], win, X, q.device)
+        for c0 in range(0, len(members), chunk):
+            qi, ki = q_index[c0 : c0 + chunk], kv_index[c0 : c0 + chunk]
+            c, Lq = qi.shape
+            qc = q_flat[:, qi].reshape(B * c, Lq, N, D)
+            kc = k_flat[:, ki].reshape(B * c, Lk, N, D)
+            vc = v_flat[:, ki].reshape(B * c, Lk, N, D)
+            out[:, qi] = attention(qc, kc, vc, backend).reshape(B, c, Lq, N, D)
+    return out.reshape(B, T, H, W, N, D)
 
 
 def neighborhood_attention(
@@ -95,10 +118,12 @@ def neighborhood_attention(
     stride: Sequence[int] = (1, 1, 1),
     dilation: Sequence[int] = (1, 1, 1),
     backend: str = "auto",
-    max_gather: int = DEFAULT_MAX_GATHER,
+    max_gather: int | None = None,
 ) -> torch.Tensor:
     """Same result as natten.na3d(q, k, v, window, stride, dilation) (non-causal), via gathered dense SDPA."""
     B, T, H, W, N, D = q.shape
+    if max_gather is None:
+        max_gather = _gather_budget(q.device, q.element_size())
     X = (T, H, W)
     window, stride, dilation = tuple(window), tuple(stride), tuple(dilation)
     for n, w, s, d in zip(X, window, stride, dilation):
