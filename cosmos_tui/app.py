@@ -1,0 +1,415 @@
+"""The Textual workstation: composition, routing, and the state every screen shows.
+
+Threading model (harlequin's): every call to the daemon runs in a thread worker that only posts a
+message (cosmos_tui.messages); the `@on` handlers here own the state (jobs, queue, GPUs, the
+connection) and publish it through Signals that screens subscribe to. Polls re-arm a timer after
+each answer, so a slow daemon never gets overlapping requests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections import deque
+from typing import Any, Callable
+
+from textual import on, work
+from textual.app import App
+from textual.signal import Signal
+
+from cosmos_tui import images
+from cosmos_tui.messages import (
+    ActionDone,
+    ActionFailed,
+    DaemonConnected,
+    DaemonLost,
+    GpusSampled,
+    JobsRefreshed,
+    JobsSubmitted,
+    SubmitRequested,
+)
+from cosmos_tui.screens.commands import CosmosCommands, bindings
+from cosmos_tui.screens.gpus import GpuScreen
+from cosmos_tui.screens.presets import PresetsScreen
+from cosmos_tui.screens.queue import QueueScreen
+from cosmos_tui.widgets.gpu_card import HISTORY
+
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    from cosmos_tui.client import DaemonNotRunning
+
+    return isinstance(err, (DaemonNotRunning, *TRANSPORT_ERRORS)) or "closed the connection" in str(err)
+
+
+class CosmosApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "cosmos-tui"
+    COMMANDS = App.COMMANDS | {CosmosCommands}
+    MODES = {"queue": QueueScreen, "gpus": GpuScreen, "presets": PresetsScreen}
+    DEFAULT_MODE = "queue"
+    BINDINGS = bindings("app")
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        autostart: bool = True,
+        poll_interval: float = 1.0,
+        gpu_interval: float = 1.0,
+        reconnect_interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        image_mode: str | None = None,
+        gpu_backend: Any = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.client = client
+        self._client_given = client is not None
+        self.autostart = autostart
+        self.poll_interval = poll_interval
+        self.gpu_interval = gpu_interval
+        self.reconnect_interval = reconnect_interval
+        self.clock = clock
+        self.image_mode = images.image_mode(image_mode)
+        self.image_widget = None if self.image_mode == "none" else images.widget_class(self.image_mode)
+        self._local_gpu = gpu_backend
+        # state owned by the handlers below
+        self.jobs: dict[int, dict] = {}
+        self.queue_info: dict = {}
+        self.gpus: list[dict] = []
+        self.gpu_history: dict[int, deque] = {}
+        self.gpu_source: str | None = None
+        self.connection_error: str | None = "connecting"
+        self.selected_job: int | None = None
+        self.polls = 0
+        self._poll_timer = None
+        self._gpu_timer = None
+        self._reconnect_timer = None
+        self.jobs_changed: Signal[dict] = Signal(self, "jobs")
+        self.gpus_changed: Signal[list] = Signal(self, "gpus")
+        self.connection_changed: Signal[str | None] = Signal(self, "connection")
+
+    def on_mount(self) -> None:
+        self.connect_daemon()
+        self.poll_gpus()
+
+    # -- connection --
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="connect")
+    def connect_daemon(self) -> None:
+        try:
+            if self._client_given:
+                info = self.client.ping()
+                client = self.client
+            else:
+                from cosmos_tui.client import Client
+
+                client = Client.connect(autostart=self.autostart)
+                info = client.ping()
+        except Exception as err:  # any failure to reach it: banner and retry
+            self.post_message(DaemonLost(str(err) or type(err).__name__))
+            return
+        self.post_message(DaemonConnected(client, info))
+
+    @on(DaemonConnected)
+    def _connected(self, message: DaemonConnected) -> None:
+        self.client = message.client
+        if self.connection_error is not None and self.connection_error != "connecting":
+            self.notify("reconnected to the daemon")
+        self.connection_error = None
+        self.connection_changed.publish(None)
+        self.refresh_jobs()
+
+    @on(DaemonLost)
+    def _lost(self, message: DaemonLost) -> None:
+        self.connection_error = message.error
+        self.connection_changed.publish(message.error)
+        if self._reconnect_timer is not None:
+            self._reconnect_timer.stop()
+        self._reconnect_timer = self.set_timer(self.reconnect_interval, self.connect_daemon)
+
+    # -- polling the queue --
+
+    def refresh_jobs(self) -> None:
+        if self.client is not None and self.connection_error is None:
+            self.poll_jobs()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="poll")
+    def poll_jobs(self) -> None:
+        try:
+            jobs = self.client.jobs()
+            queue = self.client.queue()
+        except Exception as err:
+            if _is_transport_error(err):
+                self.post_message(DaemonLost(str(err) or type(err).__name__))
+            else:
+                self.post_message(ActionFailed("refresh", str(err)))
+            return
+        self.post_message(JobsRefreshed(jobs, queue))
+
+    @on(JobsRefreshed)
+    def _jobs_refreshed(self, message: JobsRefreshed) -> None:
+        self.polls += 1
+        self.jobs = {j["id"]: j for j in message.jobs}
+        self.queue_info = message.queue or {}
+        self.jobs_changed.publish(self.jobs)
+        self._arm_poll()
+
+    def _arm_poll(self) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        if self.poll_interval > 0:
+            self._poll_timer = self.set_timer(self.poll_interval, self.refresh_jobs)
+
+    # -- GPUs --
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-poll")
+    def poll_gpus(self) -> None:
+        if self.client is not None and self.connection_error is None:
+            try:
+                self.post_message(GpusSampled(self.client.gpus(), "daemon"))
+                return
+            except Exception:
+                pass  # fall back to reading the GPUs ourselves
+        try:
+            if self._local_gpu is None:
+                from cosmos_tui.gpu import gpu_backend
+
+                self._local_gpu = gpu_backend()
+            self.post_message(GpusSampled(self._local_gpu.list(), getattr(self._local_gpu, "kind", "local")))
+        except Exception as err:
+            self.post_message(GpusSampled([], f"unavailable: {err}"))
+
+    @on(GpusSampled)
+    def _gpus_sampled(self, message: GpusSampled) -> None:
+        self.gpus = message.gpus
+        self.gpu_source = message.source
+        for g in message.gpus:
+            hist = self.gpu_history.setdefault(g["index"], deque(maxlen=HISTORY))
+            if g.get("mem_used") is not None:
+                hist.append(g["mem_used"])
+        self.gpus_changed.publish(self.gpus)
+        if self._gpu_timer is not None:
+            self._gpu_timer.stop()
+        if self.gpu_interval > 0:
+            self._gpu_timer = self.set_timer(self.gpu_interval, self.poll_gpus)
+
+    # -- queue actions: one thread worker per call, results come back as messages --
+
+    @work(thread=True, exit_on_error=False, group="actions")
+    def call_daemon(self, action: str, job: int | None, method: str, *args, **kwargs) -> None:
+        if self.client is None:
+            self.post_message(ActionFailed(action, "not connected to the daemon", job))
+            return
+        try:
+            result = getattr(self.client, method)(*args, **kwargs)
+        except Exception as err:
+            if _is_transport_error(err):
+                self.post_message(DaemonLost(str(err)))
+            self.post_message(ActionFailed(action, str(err), job))
+            return
+        self.post_message(ActionDone(action, _done_text(action, job, result), job, result))
+
+    @on(ActionDone)
+    def _action_done(self, message: ActionDone) -> None:
+        if message.text:
+            self.notify(message.text)
+        if message.action == "retry" and isinstance(message.result, int):
+            self.selected_job = message.result
+        self.refresh_jobs()
+
+    @on(ActionFailed)
+    def _action_failed(self, message: ActionFailed) -> None:
+        self.notify(message.error, title=f"{message.action} failed", severity="error")
+
+    @on(SubmitRequested)
+    def _submit_requested(self, message: SubmitRequested) -> None:
+        self.submit_jobs(message.preset, message.specs)
+
+    @work(thread=True, exit_on_error=False, group="actions")
+    def submit_jobs(self, preset: str | None, specs: list[dict]) -> None:
+        try:
+            if len(specs) == 1:
+                ids = [self.client.submit(specs[0], preset=preset)]
+            else:
+                ids = self.client.submit_batch(specs, preset=preset)
+        except Exception as err:
+            if _is_transport_error(err):
+                self.post_message(DaemonLost(str(err)))
+            self.post_message(ActionFailed("submit", str(err)))
+            return
+        self.post_message(JobsSubmitted(list(ids), preset))
+
+    @on(JobsSubmitted)
+    def _submitted(self, message: JobsSubmitted) -> None:
+        ids = ", ".join(map(str, message.ids))
+        self.notify(f"queued job{'s' if len(message.ids) > 1 else ''} {ids}")
+        if message.ids:
+            self.selected_job = message.ids[0]
+        self.refresh_jobs()
+
+    # -- actions (also reachable from the palette) --
+
+    def current_job(self) -> int | None:
+        job = getattr(self.screen, "job_id", None)
+        return job if job is not None else self.selected_job
+
+    def _need_job(self) -> int | None:
+        job = self.current_job()
+        if job is None:
+            self.notify("select a job first", severity="warning")
+        return job
+
+    def action_show_queue(self) -> None:
+        self._show_mode("queue")
+
+    def action_show_gpus(self) -> None:
+        self._show_mode("gpus")
+
+    def action_show_presets(self) -> None:
+        self._show_mode("presets")
+
+    def _show_mode(self, mode: str) -> None:
+        # a detail screen pushed on the queue comes off first, so "1" always means the queue list
+        if self.current_mode == mode and len(self.screen_stack) > 1:
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+            return
+        self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        from cosmos_tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_refresh(self) -> None:
+        self.refresh_jobs()
+        self.poll_gpus()
+
+    def action_submit(self, preset: str | None = None) -> None:
+        from cosmos_tui.screens.submit import SubmitScreen
+
+        self.push_screen(SubmitScreen(preset=preset))
+
+    def action_open_job(self) -> None:
+        from cosmos_tui.screens.job import JobScreen
+
+        job = self._need_job()
+        if job is not None:
+            self.push_screen(JobScreen(job))
+
+    def action_cancel_job(self) -> None:
+        job = self._need_job()
+        if job is not None:
+            self.call_daemon("cancel", job, "cancel", job)
+
+    def action_retry_job(self) -> None:
+        job = self._need_job()
+        if job is not None:
+            self.call_daemon("retry", job, "retry", job)
+
+    def action_toggle_pause(self) -> None:
+        if self.queue_info.get("paused"):
+            self.call_daemon("resume", None, "resume")
+        else:
+            self.call_daemon("pause", None, "pause")
+
+    def action_move_up(self) -> None:
+        self._move(-1)
+
+    def action_move_down(self) -> None:
+        self._move(1)
+
+    def _move(self, offset: int) -> None:
+        job = self._need_job()
+        if job is not None:
+            self.call_daemon("move", job, "move", job, offset)
+
+    def action_cycle_filter(self) -> None:
+        screen = self._queue_screen()
+        if screen is not None:
+            screen.cycle_filter()
+
+    def action_critic(self) -> None:
+        from cosmos_tui.screens.critic import CriticScreen
+
+        job = self._need_job()
+        if job is not None:
+            self.push_screen(CriticScreen(job))
+
+    def action_play(self) -> None:
+        job = self._need_job()
+        if job is None:
+            return
+        path = images.first_video(self.jobs.get(job, {}).get("outputs"))
+        if path is None:
+            self.notify(f"job {job} has no video on disk yet", severity="warning")
+            return
+        self.play_video(path)
+
+    def play_video(self, path: str) -> None:
+        mpv = shutil.which("mpv")
+        if mpv is None:
+            self.notify(f"mpv is not installed; the video is {path}", severity="warning")
+            return
+        with self.suspend():
+            subprocess.run([mpv, *images.mpv_video_output(self.image_mode), path], check=False)
+
+    def action_search_log(self) -> None:
+        action = getattr(self.screen, "action_search", None)
+        if action is not None:
+            action()
+
+    def _presets_action(self, name: str) -> None:
+        if not isinstance(self.screen, PresetsScreen):
+            self.switch_mode("presets")
+            return
+        getattr(self.screen, name)()
+
+    def action_edit_preset(self) -> None:
+        self._presets_action("edit")
+
+    def action_duplicate_preset(self) -> None:
+        self._presets_action("duplicate")
+
+    def action_submit_preset(self) -> None:
+        self._presets_action("queue_from")
+
+    def _queue_screen(self) -> QueueScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, QueueScreen):
+                return screen
+        return None
+
+
+def _done_text(action: str, job: int | None, result: Any) -> str:
+    if action == "cancel":
+        return f"job {job} cancelled"
+    if action == "retry":
+        return f"job {job} queued again as job {result}"
+    if action == "move":
+        return f"job {job} is now number {result} in the queue"
+    if action == "pause":
+        return "queue paused; running jobs finish, nothing new starts"
+    if action == "resume":
+        return "queue resumed"
+    return ""
+
+
+def run_app(**options) -> None:
+    """Open the TUI. Options go to CosmosApp (client, image_mode, poll_interval, ...)."""
+    # textual-image asks the terminal what it supports; that must happen before Textual takes
+    # over stdin, hence here and not in the widget.
+    mode = images.image_mode(options.get("image_mode") or os.environ.get("COSMOS_TUI_IMAGES"))
+    options["image_mode"] = mode
+    if mode != "none":
+        try:
+            images.widget_class(mode)
+        except Exception:
+            options["image_mode"] = "none"
+    CosmosApp(**options).run()

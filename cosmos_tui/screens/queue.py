@@ -1,0 +1,68 @@
+"""The queue: every job with its live progress, and the keys that act on it."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from cosmos_tui.screens.commands import bindings
+from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
+
+
+def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
+    counts: dict[str, int] = {}
+    for j in jobs.values():
+        counts[j.get("state")] = counts.get(j.get("state"), 0) + 1
+    if queue.get("paused"):
+        head = f"PAUSED: {queue.get('reason') or 'paused'}"
+    else:
+        head = "running"
+    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "done", "failed", "interrupted") if counts.get(s)]
+    shown = f"filter: {state_filter}" if state_filter else "filter: all"
+    return f"queue {head} · " + (", ".join(parts) or "no jobs") + f" · {shown}"
+
+
+class QueueScreen(Screen):
+    BINDINGS = bindings("queue")
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBanner()
+        yield Static(id="queue-status")
+        yield QueueTable(clock=self.app.clock, id="queue-table")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.jobs_changed.subscribe(self, self._jobs_changed)
+        self._jobs_changed(self.app.jobs)
+
+    @property
+    def table(self) -> QueueTable:
+        return self.query_one(QueueTable)
+
+    def _jobs_changed(self, jobs: dict) -> None:
+        table = self.table
+        table.sync(jobs.values())
+        wanted = self.app.selected_job
+        if wanted is not None and wanted != table.selected_job and str(wanted) in table.rows:
+            table.select_job(wanted)
+        self.query_one("#queue-status", Static).update(
+            status_text(self.app.queue_info, jobs, table.state_filter))
+
+    def cycle_filter(self) -> None:
+        table = self.table
+        table.state_filter = FILTERS[(FILTERS.index(table.state_filter) + 1) % len(FILTERS)]
+        self._jobs_changed(self.app.jobs)
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value is not None:
+            self.app.selected_job = int(event.row_key.value)
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key is not None and event.row_key.value is not None:
+            self.app.selected_job = int(event.row_key.value)
+            self.app.action_open_job()
