@@ -8,8 +8,11 @@ TUI tails log files, and GPUs come from a gpu.py backend (demo by default).
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
+
+from rich.console import Console
 
 from cosmos_tui.client import DaemonError, DaemonNotRunning
 from cosmos_tui.gpu import DemoBackend
@@ -216,3 +219,15 @@ class FakeClient:
         if job["started"] is None and state != "cancelled":
             job["started"] = self.clock()
         self.log(id, f"{state}" + (f": {error}" if error else ""))
+
+
+def screen_text(app) -> str:
+    """The current screen of a running app as plain text: what a user reads. Used for assertions
+    and text snapshots (readable diffs; colour is left to the SVG snapshots)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system=None, record=True, legacy_windows=False, safe_box=False)
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    console.print(update)
+    lines = console.export_text(styles=False).splitlines()
+    return "\n".join(line.rstrip() for line in lines[:height])
