@@ -447,3 +447,20 @@ def wrap_dit(dit: nn.Module, group=None) -> nn.Module:
     if group is None and (_STATE is None or _STATE.world_size == 1):
         return dit
     return ContextParallel(dit, group)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The engine server under torchrun: rank 0 reads requests, every rank runs them in step
+
+
+def send_request(request: Optional[dict]) -> None:
+    """Rank 0: hand the next request (None = exit) to the other ranks before running it."""
+    if _STATE is not None and _STATE.world_size > 1:
+        broadcast_object(request)
+
+
+def next_request() -> Optional[dict]:
+    """Ranks > 0: wait (on the long-timeout control group) for rank 0's next request; None = exit."""
+    if _STATE is None:
+        raise ParallelSetupError("next_request needs the process group: call init_from_env() first")
+    return broadcast_object(None)

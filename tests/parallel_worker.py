@@ -68,7 +68,7 @@ def inputs(T: int, seed: int = 11) -> dict:
 
 
 def forward(net, inp: dict) -> torch.Tensor:
-    with torch.no_grad():
+    with torch.inference_mode():  # as the pipeline runs it
         return net(inp["x"], inp["timesteps"], inp["ctx"], inp["cmask"], padding_mask=inp["padding_mask"])
 
 
@@ -76,7 +76,7 @@ def sample(net, inp: dict, T: int, callback=None) -> torch.Tensor:
     cond = sampling.Conditioning(gt=inp["gt"], num_frames=1)
     x0_fn = sampling.make_x0_fn(net, inp["cond"], inp["uncond"], 3.0, cond, batch_cfg=True)
     noise = sampling.initial_noise((1, 16, T, H, W), seed=5)
-    with torch.no_grad():
+    with torch.inference_mode():  # as the pipeline runs it
         return sampling.sample(x0_fn, noise, sampling.sigma_schedule(STEPS), callback=callback)
 
 
@@ -102,6 +102,15 @@ def run_cases(out_dir: str) -> None:
     mine = torch.full((3,), float(parallel.rank()))
     results["broadcast"] = parallel.broadcast_tensor(mine, src=0)
     results["is_main"] = parallel.is_main()
+    # the engine server's request hand-over: rank 0 sends, the others wait for it
+    got = []
+    for req in ({"op": "run", "job": 7, "spec": {"num_gpus": st.world_size}}, None):
+        if parallel.is_main():
+            parallel.send_request(req)
+            got.append(req)
+        else:
+            got.append(parallel.next_request())
+    results["requests"] = got
     torch.save(results, os.path.join(out_dir, f"rank{st.rank}.pt"))
     parallel.barrier()
     parallel.shutdown()
