@@ -50,6 +50,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.spec import InputError
+
 DEFAULT_TIMEOUT_S = 300.0
 CONTROL_TIMEOUT = datetime.timedelta(days=7)
 
@@ -58,8 +60,9 @@ class ParallelError(RuntimeError):
     """A collective failed: another rank died, hung past the timeout, or the group is broken."""
 
 
-class ParallelSetupError(ValueError):
-    """--num_gpus and the way the process was started disagree (a user mistake, with the fix)."""
+class ParallelSetupError(InputError):
+    """--num_gpus and the way the process was started disagree: a user mistake (exit 2 / reason
+    "invalid" wherever InputError is handled), and the message says the fix."""
 
 
 class RemoteFailure(RuntimeError):

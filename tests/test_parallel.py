@@ -205,6 +205,12 @@ def test_num_gpus_without_torchrun_says_how(monkeypatch):
         parallel.maybe_init_from_env(4)
 
 
+def test_setup_errors_are_input_errors():
+    from engine.spec import InputError
+
+    assert issubclass(parallel.ParallelSetupError, InputError)
+
+
 def test_num_gpus_must_match_world(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(parallel.ParallelSetupError, match=r"--num_gpus 4 but torchrun started 2 processes"):
