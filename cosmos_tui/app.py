@@ -94,8 +94,9 @@ class CosmosApp(App):
         self.connection_changed: Signal[str | None] = Signal(self, "connection")
 
     def on_mount(self) -> None:
+        # GPUs are sampled once the connection attempt is decided: from the daemon (which knows
+        # which job owns each GPU) or, without one, from the local backend
         self.connect_daemon()
-        self.poll_gpus()
 
     # -- connection --
 
@@ -123,11 +124,14 @@ class CosmosApp(App):
         self.connection_error = None
         self.connection_changed.publish(None)
         self.refresh_jobs()
+        self.poll_gpus()
 
     @on(DaemonLost)
     def _lost(self, message: DaemonLost) -> None:
         self.connection_error = message.error
         self.connection_changed.publish(message.error)
+        if not self.gpus:
+            self.poll_gpus()
         if self._reconnect_timer is not None:
             self._reconnect_timer.stop()
         self._reconnect_timer = self.set_timer(self.reconnect_interval, self.connect_daemon)

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -72,20 +72,23 @@ def answers_cell(trials: list[dict]) -> str:
     return "".join(marks.get((t.get("answer") or "").lower(), "?") for t in trials) or "-"
 
 
-def trial_text(candidate: dict) -> str:
-    lines = [f"[b]{escape(str(candidate.get('video')))}[/b]", f"score {candidate.get('score')}  "
-             f"report {escape(str(candidate.get('html') or '-'))}", ""]
+def trial_text(candidate: dict) -> Text:
+    # rich Text, not markup: model output and file names may hold brackets
+    out = Text()
+    out.append(str(candidate.get("video")), style="bold")
+    out.append(f"\nscore {candidate.get('score')}  report {candidate.get('html') or '-'}\n\n")
     for i, t in enumerate(candidate.get("trials") or [], 1):
         answer = t.get("answer") or "unparsed"
         verdict = {"no": "no anomaly", "yes": "anomaly"}.get(answer, answer)
-        lines.append(f"[b]trial {i}[/b]: {verdict}")
+        out.append(f"trial {i}", style="bold")
+        out.append(f": {verdict}\n")
         if t.get("overview"):
-            lines.append(f"  {escape(t['overview'].strip())}")
+            out.append(f"  {t['overview'].strip()}\n")
         for comp in t.get("components") or []:
             flag = "anomaly" if comp.get("anomaly") == "yes" else "ok"
-            lines.append(f"  - {escape(str(comp.get('name')))} ({flag}): {escape((comp.get('analysis') or '').strip())}")
-        lines.append("")
-    return "\n".join(lines)
+            out.append(f"  - {comp.get('name')} ({flag}): {(comp.get('analysis') or '').strip()}\n")
+        out.append("\n")
+    return out
 
 
 class CriticScreen(Screen):
@@ -98,11 +101,11 @@ class CriticScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(f"critic results of job {self.job_id} (loading…)", id="critic-head")
+        yield Static(f"critic results of job {self.job_id} (loading…)", id="critic-head", markup=False)
         yield DataTable(cursor_type="row", id="critic-table")
         with VerticalScroll(id="critic-detail"):
             yield ContactSheet(frames=3, columns=3, id="critic-thumbs")
-            yield Static(id="critic-trials")
+            yield Static(id="critic-trials", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:

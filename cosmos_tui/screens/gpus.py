@@ -14,7 +14,7 @@ from cosmos_tui.widgets.gpu_card import GpuCard
 class GpuScreen(Screen):
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(id="gpu-status")
+        yield Static(id="gpu-status", markup=False)
         yield VerticalScroll(id="gpu-cards")
         yield Footer()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -30,8 +29,8 @@ def help_text() -> str:
         rows[where].append((key, text))
     out = []
     for where, title in WHERE.items():
-        out.append(f"[b]{title}[/b]")
-        out += [f"  {escape(key):<8} {escape(text)}" for key, text in rows[where]]
+        out.append(title)
+        out += [f"  {key:<8} {text}" for key, text in rows[where]]
         out.append("")
     out.append("The daemon keeps running when you quit; jobs are never lost with the TUI.")
     return "\n".join(out)
@@ -42,4 +41,4 @@ class HelpScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box"):
-            yield Static(help_text(), id="help-text")
+            yield Static(help_text(), id="help-text", markup=False)

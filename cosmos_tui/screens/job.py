@@ -86,23 +86,23 @@ class JobScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(f"job {self.job_id}", id="job-head")
+        yield Static(f"job {self.job_id}", id="job-head", markup=False)
         with TabbedContent(id="job-tabs"):
             with TabPane("Progress", id="tab-progress"):
                 with VerticalScroll():
-                    yield Static(id="job-progress")
-                    yield Static("seconds per step", classes="plot-label")
+                    yield Static(id="job-progress", markup=False)
+                    yield Static("seconds per step", classes="plot-label", markup=False)
                     yield Sparkline([], id="spark-step")
-                    yield Static("GPU memory allocated (GiB)", classes="plot-label")
+                    yield Static("GPU memory allocated (GiB)", classes="plot-label", markup=False)
                     yield Sparkline([], id="spark-mem")
-                    yield Static(id="job-outputs")
+                    yield Static(id="job-outputs", markup=False)
             with TabPane("Log", id="tab-log"):
                 yield LogView(id="job-log")
                 yield Input(placeholder="search the log (enter: next, escape: close)", id="log-search")
-                yield Static(id="log-status")
+                yield Static(id="log-status", markup=False)
             with TabPane("Spec", id="tab-spec"):
                 with VerticalScroll():
-                    yield Static(id="job-spec")
+                    yield Static(id="job-spec", markup=False)
             with TabPane("Frames", id="tab-frames"):
                 with VerticalScroll():
                     yield ContactSheet(id="job-frames")

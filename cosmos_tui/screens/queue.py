@@ -30,7 +30,7 @@ class QueueScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(id="queue-status")
+        yield Static(id="queue-status", markup=False)
         yield QueueTable(clock=self.app.clock, id="queue-table")
         yield Footer()
 

@@ -11,6 +11,9 @@ class ConnectionBanner(Static):
     ConnectionBanner.-lost { display: block; }
     """
 
+    def __init__(self) -> None:
+        super().__init__(markup=False)
+
     def on_mount(self) -> None:
         app = self.app
         if hasattr(app, "connection_changed"):

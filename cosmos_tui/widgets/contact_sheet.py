@@ -30,7 +30,7 @@ class ContactSheet(Vertical):
         self.loaded: str | None = None  # the path whose picture is shown
 
     def compose(self) -> ComposeResult:
-        yield Static("no video yet", classes="sheet-caption")
+        yield Static("no video yet", classes="sheet-caption", markup=False)
 
     def show(self, path: str | None) -> None:
         if path == self.path:

@@ -52,8 +52,8 @@ class GpuCard(Vertical):
         self.gpu: dict = {}
 
     def compose(self) -> ComposeResult:
-        yield Static(classes="gpu-title")
-        yield Static(classes="gpu-line")
+        yield Static(classes="gpu-title", markup=False)
+        yield Static(classes="gpu-line", markup=False)
         yield Static("memory history", classes="gpu-label")
         yield Sparkline([], classes="gpu-mem")
 
