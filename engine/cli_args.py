@@ -60,7 +60,7 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("output", ["save_path"]),
     ("runtime", ["num_gpus", "disable_guardrail", "offload_guardrail", "disable_prompt_refiner",
                  "offload_prompt_refiner", "offload_text_encoder", "downcast_text_encoder", "benchmark",
-                 "use_cuda_graphs", "attention_backend"]),
+                 "use_cuda_graphs", "compile_dit", "attention_backend"]),
     ("long video", ["num_chunks"]),
     ("best-of-N", ["num_generations", "num_critic_trials", "skip_generation", "checkpoint_dir"]),
 ]
@@ -92,7 +92,8 @@ HELP: dict[str, str] = {
     "offload_text_encoder": "keep the T5 text encoder on the CPU between uses",
     "downcast_text_encoder": "run the T5 text encoder in bf16",
     "benchmark": "run each generation 4 times and report the mean time of the last 3",
-    "use_cuda_graphs": "capture the DiT blocks in CUDA graphs",
+    "use_cuda_graphs": "capture the DiT blocks in CUDA graphs (torch.compile reduce-overhead mode)",
+    "compile_dit": "torch.compile the DiT blocks on CUDA (default on; the first job pays 20-60 s of compilation)",
     "attention_backend": "attention kernel: auto picks the fastest available",
     "num_chunks": "long video only: number of chunks (93 frames each, overlapping by the conditional frames)",
     "num_generations": "best-of-N only: number of videos to generate",

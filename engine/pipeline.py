@@ -45,7 +45,7 @@ def default_device() -> torch.device:
 def model_key(spec: GenerationSpec) -> tuple:
     """Specs with the same key can share a warm pipeline."""
     return (spec.model_size, spec.resolution, spec.fps, spec.natten, spec.dit_path, spec.load_ema,
-            spec.attention_backend, spec.use_cuda_graphs)
+            spec.attention_backend, spec.use_cuda_graphs, spec.compile_dit)
 
 
 class Video2WorldPipeline:
@@ -75,6 +75,7 @@ class Video2WorldPipeline:
         if self.dit is None:
             self.ev.log(f"loading DiT ({self.spec.model_size})")
             self.dit = checkpoints.build_dit(self.spec, self.device, self.dtype).eval()
+            self._compile_dit()
         if self.vae is None:
             self.vae = checkpoints.build_vae(self.spec, self.device, self.dtype).eval()
         if self.text_encoder is None:
@@ -82,6 +83,16 @@ class Video2WorldPipeline:
             self.text_encoder = checkpoints.build_text_encoder(self.spec, te_device, self.dtype)
         self.ev.log(f"models ready in {time.perf_counter() - t0:.1f}s")
         return self
+
+    def _compile_dit(self) -> None:
+        """Compile each block (one graph shared by all blocks, static shapes). --use_cuda_graphs adds CUDA
+        graphs ("reduce-overhead"), which pays off only at small token counts."""
+        if self.device.type != "cuda" or not (self.spec.compile_dit or self.spec.use_cuda_graphs):
+            return
+        mode = "reduce-overhead" if self.spec.use_cuda_graphs else None
+        for block in self.dit.blocks:
+            block.compile(dynamic=False, mode=mode)
+        self.ev.log(f"DiT blocks compiled lazily ({mode or 'default'} mode); the first step includes compilation")
 
     @property
     def guardrail(self):

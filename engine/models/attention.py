@@ -60,15 +60,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if backend not in DENSE_BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; use one of {', '.join(DENSE_BACKENDS)}, natten")
     with _kernel_context(backend, q.device):
-        if q.is_cuda and q.shape[0] > 1 and q.shape[1] * k.shape[1] >= SPLIT_BATCH_MIN_SCORES:
-            # Measured on H100 at 84,480 tokens: cuDNN runs at 648 TFLOP/s for one sample but 620 for a
-            # batch of 2 (the CFG pair), so long sequences go one sample at a time; GEMMs stay batched.
-            return torch.cat([_sdpa(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(q.shape[0])])
         return _sdpa(q, k, v)
-
-
-# Query x key count from which a batch is split into per-sample kernel calls (about 45k x 45k tokens).
-SPLIT_BATCH_MIN_SCORES = 2_000_000_000
 
 
 def _sdpa(q, k, v):
