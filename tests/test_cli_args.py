@@ -33,6 +33,7 @@ SEED_DEFAULTS = {
     "offload_guardrail": False, "disable_prompt_refiner": False, "offload_prompt_refiner": False,
     "offload_text_encoder": False, "downcast_text_encoder": False, "benchmark": False,
     "use_cuda_graphs": False, "natten": False, "num_chunks": 6, "num_generations": 2, "num_critic_trials": 5,
+    "compile_dit": True,  # ours, not a seed flag: compile on CUDA by default
     "skip_generation": False, "checkpoint_dir": "", "num_steps": 35, "attention_backend": "auto",
 }
 MODULES = {"video2world": "engine.video2world", "lvg": "engine.video2world_lvg", "bestofn": "engine.video2world_bestofn"}
