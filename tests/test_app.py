@@ -87,7 +87,7 @@ async def test_queue_lists_jobs_and_updates_cells_by_key(fake):
         updates_before = table(app).cell_updates
         fake.step(a, seconds=0.5, memory=3 * 1024**3)
         await refreshed(pilot)
-        assert cell(app, a, "progress").endswith(" 25%")  # tiny-cpu has 4 steps
+        assert cell(app, a, "progress") == "██······  25%"  # tiny-cpu has 4 steps
         assert cell(app, a, "peak") == "3.0G"
         assert cell(app, a, "eta") == "2s"  # 3 steps left at 0.5 s
         # the row object survives: a cell update, not a rebuild; only a few cells changed

@@ -112,7 +112,6 @@ class JobScreen(Screen):
         self.query_one("#log-search", Input).display = False
         self.app.jobs_changed.subscribe(self, self._jobs_changed)
         self._jobs_changed(self.app.jobs)
-        self.set_interval(1.0, self._update_log_status)
 
     @property
     def job(self) -> dict | None:
@@ -196,5 +195,6 @@ class JobScreen(Screen):
             event.stop()
             event.prevent_default()
 
+    @on(LogView.Updated)
     def _update_log_status(self) -> None:
         self.query_one("#log-status", Static).update(self.query_one(LogView).status())

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Label, Select, Static, Switch
+from textual.widgets import Footer, Input, Label, Select, Static
 
 from engine.spec import GenerationSpec, SpecError, spec_from_dict
 
@@ -109,7 +109,9 @@ class PresetEditor(Screen[str | None]):
             return Select([(str(c), c) for c in choices], value=value if value in choices else Select.NULL,
                           allow_blank=False, id=wid, compact=True)
         if kind == "bool":
-            return Switch(value=bool(value), id=wid)
+            # a Select of words, not a Switch: a switch's state is only colour, lost with NO_COLOR
+            return Select([("true", True), ("false", False)], value=bool(value), allow_blank=False, id=wid,
+                          compact=True)
         return Input("" if value is None else str(value), id=wid, compact=True)
 
     def on_mount(self) -> None:
@@ -121,8 +123,6 @@ class PresetEditor(Screen[str | None]):
         for name in GenerationSpec.model_fields:
             w = self.query_one(f"#in-{name}")
             if isinstance(w, Select):
-                out[name] = w.value
-            elif isinstance(w, Switch):
                 out[name] = w.value
             else:
                 out[name] = parse_value(name, w.value)
@@ -149,7 +149,6 @@ class PresetEditor(Screen[str | None]):
 
     @on(Input.Changed)
     @on(Select.Changed)
-    @on(Switch.Changed)
     def _changed(self) -> None:
         if self.is_mounted:
             self.validate()

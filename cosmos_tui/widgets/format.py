@@ -44,8 +44,8 @@ def progress_fraction(job: dict) -> float | None:
 def progress_cell(job: dict) -> str:
     frac = progress_fraction(job)
     if frac is None:
-        return bar(None) + "    "
-    return f"{bar(frac)}{int(frac * 100):>3d}%"
+        return bar(None) + "     "
+    return f"{bar(frac)} {int(frac * 100):>3d}%"
 
 
 def duration(seconds: float | None) -> str:

@@ -16,6 +16,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import on, work
 from textual.geometry import Size
+from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -61,6 +62,9 @@ class LogView(ScrollView, can_focus=True):
         ("home", "scroll_home", "Top"),
         ("n", "next_match", "Next match"),
     ]
+
+    class Updated(Message):
+        """Lines arrived, or follow/search changed: the status line should be redrawn."""
 
     follow: reactive[bool] = reactive(True)
     pending = reactive(0)  # lines that arrived while not following
@@ -120,6 +124,10 @@ class LogView(ScrollView, can_focus=True):
         else:
             self.pending += len(lines)
         self.refresh()
+        self.post_message(self.Updated())
+
+    def watch_follow(self) -> None:
+        self.post_message(self.Updated())
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset

@@ -21,7 +21,7 @@ COLUMNS = (
     ("preset", "Preset", 10),
     ("prompt", "Prompt", 16),
     ("state", "State", 9),
-    ("progress", "Progress", 12),
+    ("progress", "Progress", 13),
     ("eta", "ETA", 5),
     ("gpus", "GPU", 3),
     ("peak", "Peak", 5),
