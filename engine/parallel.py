@@ -357,6 +357,9 @@ class UlyssesAttentionOp:
         self.group = group
         self.frames = frames or _Frames()
 
+    # The pipeline torch.compiles each DiT block on CUDA. Dynamo should not trace the c10d calls and the
+    # error wrapping here: it breaks the graph at this op, and the rest of the block is compiled as before.
+    @torch.compiler.disable
     def __call__(self, q, k, v, grid):
         world = dist.get_world_size(self.group)
         B, Ll, N, D = q.shape
