@@ -356,11 +356,15 @@ class UlyssesAttentionOp:
         self.inner = inner
         self.group = group
         self.frames = frames or _Frames()
+        # The pipeline torch.compiles each DiT block on CUDA. Dynamo must not trace the c10d calls and the
+        # error wrapping: the graph breaks at this op and the rest of the block compiles as before. Done
+        # per instance so importing this module does not import torch._dynamo (over a second).
+        self._attend = torch.compiler.disable(self._attend_eager)
 
-    # The pipeline torch.compiles each DiT block on CUDA. Dynamo should not trace the c10d calls and the
-    # error wrapping here: it breaks the graph at this op, and the rest of the block is compiled as before.
-    @torch.compiler.disable
     def __call__(self, q, k, v, grid):
+        return self._attend(q, k, v, grid)
+
+    def _attend_eager(self, q, k, v, grid):
         world = dist.get_world_size(self.group)
         B, Ll, N, D = q.shape
         t_local, H, W = (int(g) for g in grid)
