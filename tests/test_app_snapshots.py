@@ -7,7 +7,7 @@ intended change to a screen, regenerate them and read the diff:
     python -m pytest tests/test_app_snapshots.py --snapshot-update
 
 Everything time-dependent is frozen: the app's clock, the fake daemon's clock, the demo GPUs'
-clock; temporary paths are replaced by placeholders.
+clock; temporary paths (of fixed length, so wrapping is stable) are replaced by placeholders.
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ def frozen_gpus(monkeypatch):
 
 
 @pytest.fixture
-def world(tmp_path, frozen_gpus):
-    """A queue with one job of each kind of state, a running job with steps, a best-of-N result."""
+def world(cosmos_home, frozen_gpus):
+    """A queue with one job of each kind of state, a running job with steps, a best-of-N result.
+    Files go under the per-test home, whose path has a fixed length (pytest's tmp_path varies with
+    xdist), so text wraps the same way in every run."""
+    tmp_path = cosmos_home / "w"
+    tmp_path.mkdir()
     fake = FakeClient(tmp_path / "logs", clock=lambda: T0)
     done = fake.submit({"prompt": "a lighthouse at dusk, waves breaking"}, preset="tiny-cpu")
     fake.start(done, gpus=(0,))
