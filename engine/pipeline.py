@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from engine import events, resolutions
+from engine import events, parallel, resolutions
 from engine.spec import GenerationSpec
 
 
@@ -45,7 +45,7 @@ def default_device() -> torch.device:
 def model_key(spec: GenerationSpec) -> tuple:
     """Specs with the same key can share a warm pipeline."""
     return (spec.model_size, spec.resolution, spec.fps, spec.natten, spec.dit_path, spec.load_ema,
-            spec.attention_backend, spec.use_cuda_graphs, spec.compile_dit)
+            spec.attention_backend, spec.use_cuda_graphs, spec.compile_dit, spec.num_gpus)
 
 
 class Video2WorldPipeline:
@@ -53,7 +53,9 @@ class Video2WorldPipeline:
                  dtype: torch.dtype | None = None, emit: events.Emit | None = None):
         self.spec = spec
         self.key = model_key(spec)
-        self.device = device or default_device()
+        # under torchrun with --num_gpus N: join the group; each rank gets its own GPU
+        parallel.maybe_init_from_env(spec.num_gpus)
+        self.device = device or parallel.device(default_device())
         # bf16 on GPU as the reference; fp32 on CPU (bf16 matmuls on CPU are slow and tests want fp32)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.ev = events.Emitter(emit)
@@ -66,7 +68,8 @@ class Video2WorldPipeline:
     # -- loading ------------------------------------------------------------------------------
 
     def set_emit(self, emit: events.Emit | None, job=None) -> None:
-        self.ev = events.Emitter(emit, job)
+        # one voice per job: only rank 0 reports progress under context parallelism
+        self.ev = events.Emitter(emit if parallel.is_main() else None, job)
 
     def load(self) -> "Video2WorldPipeline":
         from engine import checkpoints
@@ -75,6 +78,7 @@ class Video2WorldPipeline:
         if self.dit is None:
             self.ev.log(f"loading DiT ({self.spec.model_size})")
             self.dit = checkpoints.build_dit(self.spec, self.device, self.dtype).eval()
+            self.dit = parallel.wrap_dit(self.dit)  # the same DiT alone; split over the ranks under torchrun
             self._compile_dit()
         if self.vae is None:
             self.vae = checkpoints.build_vae(self.spec, self.device, self.dtype).eval()
@@ -90,7 +94,7 @@ class Video2WorldPipeline:
         if self.device.type != "cuda" or not (self.spec.compile_dit or self.spec.use_cuda_graphs):
             return
         mode = "reduce-overhead" if self.spec.use_cuda_graphs else None
-        for block in self.dit.blocks:
+        for block in getattr(self.dit, "dit", self.dit).blocks:  # through a ContextParallel wrapper
             block.compile(dynamic=False, mode=mode)
         self.ev.log(f"DiT blocks compiled lazily ({mode or 'default'} mode); the first step includes compilation")
 
@@ -159,6 +163,7 @@ class Video2WorldPipeline:
         clip = clip.to(self.device, self.dtype).unsqueeze(0)
         with torch.inference_mode():
             latent = self.vae.encode(clip).float()
+        latent = parallel.broadcast_tensor(latent)  # every rank conditions on rank 0's latent, bit for bit
         n_lat = resolutions.conditional_latent_frames(num_conditional_frames)
         return sampling.Conditioning(gt=latent, num_frames=n_lat)
 
@@ -173,10 +178,15 @@ class Video2WorldPipeline:
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
 
-        self.text_check(prompt, "prompt")
-        refined = self.refine(prompt, refine_input or input_path) if (refine_input or input_path) else None
-        if refined is not None:
-            self.text_check(refined, "refined prompt")
+        def checked_prompt():
+            self.text_check(prompt, "prompt")
+            refined = self.refine(prompt, refine_input or input_path) if (refine_input or input_path) else None
+            if refined is not None:
+                self.text_check(refined, "refined prompt")
+            return refined
+
+        # guardrail and refiner run once (rank 0); every rank then encodes the same text
+        refined = parallel.share_from_main(checked_prompt)
         text = refined or prompt
 
         t0 = time.perf_counter()
@@ -184,7 +194,8 @@ class Video2WorldPipeline:
         emb = self.text_encoder.encode([text, negative_prompt])
         if spec.offload_text_encoder:
             self.text_encoder.to("cpu")
-        cond_emb, uncond_emb = emb[0:1].to(self.device, self.dtype), emb[1:2].to(self.device, self.dtype)
+        emb = parallel.broadcast_tensor(emb.to(self.device, self.dtype))  # bit-identical on every rank
+        cond_emb, uncond_emb = emb[0:1], emb[1:2]
         timings["text_encode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -201,7 +212,8 @@ class Video2WorldPipeline:
         extra = step_fields or {}
 
         def on_step(i: int, total: int, seconds: float) -> None:
-            if cancel is not None and cancel.is_set():
+            # only rank 0 hears a cancel request; every rank must stop at the same step
+            if parallel.any_rank(cancel is not None and cancel.is_set()):
                 raise Cancelled("cancelled by the user")
             self.ev("step", step=i, total=total, seconds=round(seconds, 4), **extra)
 
@@ -210,6 +222,10 @@ class Video2WorldPipeline:
             x0 = sampling.sample(x0_fn, noise, sigmas, callback=on_step)
         self._sync()
         timings["denoise_s"] = time.perf_counter() - t0
+        if not parallel.is_main():
+            # rank 0 decodes, checks and writes; the others only had to take part in the denoising
+            return GenerationResult(video=None, prompt=prompt, refined_prompt=refined, negative_prompt=negative_prompt,
+                                    seed=seed, timings=timings, latent=x0[0].float().cpu())
 
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -119,8 +119,8 @@ def _free_cuda() -> None:
         torch.cuda.empty_cache()
 
 
-def run_one(request: dict, proto: Protocol, cancel: threading.Event) -> None:
-    """Run one job and make sure exactly one terminal event goes out for it."""
+def run_one(request: dict, proto: Protocol, cancel: threading.Event) -> bool:
+    """Run one job and make sure exactly one terminal event goes out for it. True if it finished."""
     job = request.get("job")
     ended = False
     t0 = time.time()
@@ -158,6 +158,8 @@ def run_one(request: dict, proto: Protocol, cancel: threading.Event) -> None:
             emit(events.make("failed", job, error="cancelled on request", reason="cancelled"))
         else:
             emit(events.make("finished", job, outputs=[str(p) for p in (outputs or [])], seconds=time.time() - t0))
+            return True
+        return False
     except BaseException as exc:  # noqa: BLE001 - the server must survive every job
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
@@ -175,17 +177,26 @@ def run_one(request: dict, proto: Protocol, cancel: threading.Event) -> None:
         if mem:
             emit(mem)
         emit(events.make("failed", job, error=error, reason=reason))
+        return False
 
 
-def broadcast_request(request: dict) -> None:
-    """TODO(context parallelism): send `request` from rank 0 to the other ranks before running it."""
+def broadcast_request(request: dict | None) -> None:
+    """Rank 0 hands the request it is about to run to the other ranks (no-op in one process)."""
+    from engine import parallel
+
+    if parallel.world_size() > 1:
+        parallel.send_request(request)
 
 
 def receive_request() -> dict | None:
-    """TODO(context parallelism): block until rank 0 broadcasts the next request. Until that lands,
-    ranks other than 0 idle here; the daemon starts torchrun only for jobs asking for several GPUs."""
-    while True:
-        time.sleep(3600)
+    """Ranks other than 0: block until rank 0 hands over the next request (None: shut down)."""
+    from engine import parallel
+
+    return parallel.next_request()
+
+
+def _multi_rank() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _kill_own_group() -> None:
@@ -234,28 +245,40 @@ def serve(stdin=None, proto: Protocol | None = None) -> int:
     while True:
         req = requests.get()
         if req is None or req.get("op") == "exit":
+            broadcast_request(None)
             break
         broadcast_request(req)
         state["cancel"] = threading.Event()
         state["job"] = req.get("job")
         _log(f"job {state['job']} starting")
         try:
-            run_one(req, proto, state["cancel"])
+            ok = run_one(req, proto, state["cancel"])
         finally:
             _log(f"job {state['job']} ended")
             state["job"] = None
+        if not ok and _multi_rank():
+            # after a failed collective the process group can't be trusted: end the engine, the daemon
+            # starts a fresh one for the next job
+            _log("a multi-GPU job failed: exiting so the next job gets a fresh process group")
+            broadcast_request(None)
+            break
     _log("exiting")
     return 0
 
 
 def main() -> int:
     rank = int(os.environ.get("RANK", "0"))
+    if _multi_rank():
+        from engine import parallel
+
+        parallel.init_from_env()
     if rank != 0:
         while True:
             req = receive_request()
             if req is None or req.get("op") == "exit":
                 return 0
-            run_one(req, Protocol(None), threading.Event())
+            if not run_one(req, Protocol(None), threading.Event()):
+                return 1
     proto = Protocol(_claim_stdout())
     return serve(sys.stdin, proto)
 

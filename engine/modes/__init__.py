@@ -20,8 +20,12 @@ def run_job(spec: GenerationSpec, emit: events.Emit | None = None, pipeline=None
     """
     from engine.modes import bestofn, lvg, video2world
 
-    from engine import io
+    from engine import io, parallel
 
+    # under torchrun (--num_gpus N) every rank runs the job; rank 0 alone reports and writes
+    parallel.maybe_init_from_env(spec.num_gpus)
+    if not parallel.is_main():
+        emit = None
     ev = events.Emitter(emit, job)
     if spec.input_path == io.DEMO_INPUT_PATH and not spec.skip_generation:
         io.ensure_demo_input(spec.input_path)  # the tiny preset's input is drawn on first use

@@ -18,10 +18,12 @@ def candidate_path(spec: GenerationSpec, seed: int) -> Path:
 
 
 def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) -> list[str]:
-    from engine import critic
+    from engine import critic, parallel
     from engine.modes import pipeline_for
     from engine.modes.video2world import write_result
 
+    if spec.skip_generation and not parallel.is_main():
+        return []  # scoring needs no DiT: rank 0 does it alone
     out_dir = Path(spec.save_path)
     if out_dir.suffix == ".mp4":
         from engine.spec import InputError
@@ -48,10 +50,14 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
             result = pipe.generate(spec.prompt, spec.input_path, seed=seed, cancel=cancel,
                                    step_fields={"generation": g + 1, "num_generations": spec.num_generations})
             path = candidate_path(spec, seed)
+            if not parallel.is_main():
+                continue  # rank 0 writes and scores
             outputs += write_result(spec, result, path, ev)
             videos.append(path)
             ev("generation", generation=g + 1, total=spec.num_generations, seed=seed, path=str(path))
         pipe.release_aux()
+        if not parallel.is_main():
+            return []
 
     judge = _critic(spec, pipe, ev)
     results = []

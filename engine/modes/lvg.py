@@ -69,24 +69,32 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     from engine.modes import pipeline_for
     from engine.modes.video2world import write_result
 
+    from engine import parallel
+
     spec.check_input()
     n = spec.num_conditional_frames
-    state = load_state(spec)
+    main = parallel.is_main()
+    state = parallel.share_from_main(lambda: load_state(spec))  # rank 0 owns the state directory
     d = state_dir(spec)
-    d.mkdir(parents=True, exist_ok=True)
+    if main:
+        d.mkdir(parents=True, exist_ok=True)
     if state["chunks_done"]:
         ev.log(f"resuming long video at chunk {state['chunks_done'] + 1}/{spec.num_chunks}")
     pipe = pipeline_for(spec, ev, pipeline)
     out = Path(spec.save_path)
     result = None
     for k in range(state["chunks_done"], spec.num_chunks):
-        tail = torch.load(d / "tail.pt") if k > 0 else None
+        tail = None
+        if k > 0:
+            tail = parallel.broadcast_object(torch.load(d / "tail.pt") if main else None)
         result = pipe.generate(
             spec.prompt, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
             # the refiner looks at the original input: the previous chunk exists only in memory
             refine_input=spec.input_path, cancel=cancel,
             step_fields={"chunk": k + 1, "num_chunks": spec.num_chunks},
         )
+        if not main:
+            continue
         frames = result.video if k == 0 else result.video[:, n:]
         np.save(d / f"chunk_{k}.npy", io.to_uint8(frames).numpy())
         torch.save(result.video[:, -n:].clone(), d / "tail.pt")
@@ -96,6 +104,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         full = _assemble(d, k + 1)
         io.write_video(out, full, spec.fps)
         ev("chunk", chunk=k + 1, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
+    if not main:
+        return []
     if result is None:  # every chunk was already done: rebuild the outputs from the saved state
         from engine.pipeline import GenerationResult
 

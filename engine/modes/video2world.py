@@ -25,6 +25,10 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         times.append(time.perf_counter() - t0)
         if spec.benchmark:
             ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
+    from engine import parallel
+
+    if not parallel.is_main():
+        return []  # rank 0 writes the files
     timings = dict(result.timings)
     if spec.benchmark:
         timed = times[1:]

@@ -1,0 +1,55 @@
+"""The seed's multi-GPU command line, on CPU: `torchrun --nproc_per_node 2 -m engine.video2world ...
+--num_gpus 2` (gloo) writes the same video as one process, and only rank 0 writes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from engine import io
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(tmp_path, save: str, num_gpus: int, mode_args=()) -> list[str]:
+    img = io.ensure_demo_input(tmp_path / "in.png")
+    return ["--model_size", "tiny", "--num_steps", "2", "--disable_guardrail", "--disable_prompt_refiner",
+            "--prompt", "a robot arm picks up a red cup", "--input_path", str(img), "--save_path", save,
+            "--num_gpus", str(num_gpus), *mode_args]
+
+
+def test_torchrun_two_ranks_writes_the_single_process_video(tmp_path):
+    single = str(tmp_path / "one.mp4")
+    r = subprocess.run([sys.executable, "-m", "engine.video2world", *_args(tmp_path, single, 1)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    multi = str(tmp_path / "two.mp4")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "engine.video2world", *_args(tmp_path, multi, 2)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                             "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = iio.imread(single).astype(int), iio.imread(multi).astype(int)
+    assert a.shape == b.shape == (93, 64, 112, 3)
+    # same latents up to fp32 reduction order; after 8-bit quantisation at most a rounding step apart
+    assert np.abs(a - b).max() <= 1
+    assert sorted(p.name for p in tmp_path.glob("two*")) == ["two.json", "two.mp4", "two.txt"]
+
+
+def test_num_gpus_without_torchrun_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "engine.video2world", *_args(tmp_path, str(tmp_path / "x.mp4"), 2)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert "num_gpus" in line and "torchrun" in line
