@@ -356,10 +356,6 @@ def _tiny_image(path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("engine.modes.video2world") is None,
-    reason="engine.modes.video2world (the real pipeline) is not there yet",
-)
 def test_end_to_end_with_the_real_engine_server(cosmos_home, monkeypatch, tmp_path, wait_until):
     monkeypatch.delenv("COSMOS_TUI_ENGINE_CMD", raising=False)
     monkeypatch.setenv("COSMOS_TUI_GPU", "demo:1")
@@ -380,5 +376,32 @@ def test_end_to_end_with_the_real_engine_server(cosmos_home, monkeypatch, tmp_pa
         assert job["total_steps"] >= 2 and job["step"] == job["total_steps"]
         assert any(e["event"] == "started" for e in client.events(jid))
         assert str(out) in [o["path"] for o in job["outputs"]]
+    finally:
+        stop_daemon(cosmos_home)
+
+
+@pytest.mark.slow
+def test_two_gpu_job_runs_under_torchrun(cosmos_home, monkeypatch, tmp_path, wait_until):
+    """num_gpus 2: the daemon starts torchrun with two engine ranks (gloo on CPU, demo GPUs), rank 0
+    talks, and the job finishes with the same outputs a one-GPU job writes."""
+    monkeypatch.delenv("COSMOS_TUI_ENGINE_CMD", raising=False)
+    monkeypatch.setenv("COSMOS_TUI_GPU", "demo:2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    image = tmp_path / "in.png"
+    _tiny_image(image)
+    out = tmp_path / "cp.mp4"
+    client = Client.connect()
+    try:
+        jid = client.submit({
+            "model_size": "tiny", "num_steps": 2, "disable_guardrail": True, "disable_prompt_refiner": True,
+            "input_path": str(image), "save_path": str(out), "prompt": "a gradient drifts", "num_gpus": 2,
+        })
+        job = wait_until(lambda: (j := client.job(jid))["state"] not in ("queued", "running") and j, 280,
+                         what="the two-rank job to end")
+        assert job["state"] == "done", (job["error"], Path(client.log_path(jid)).read_text()[-3000:])
+        assert out.is_file() and out.with_suffix(".json").is_file()
+        assert len(job["gpus"]) == 2
+        steps = [e for e in client.events(jid) if e["event"] == "step"]
+        assert [e["step"] for e in steps] == list(range(1, job["total_steps"] + 1))  # one voice: rank 0
     finally:
         stop_daemon(cosmos_home)
