@@ -22,20 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.models.attention import adapt_natten_params, attention, natten_table  # noqa: E402
 from engine.models.sparse_attention import neighborhood_attention  # noqa: E402
+from bench.bench_video2world import cuda_time  # noqa: E402
 
 
 def timed(fn, reps: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    """Median milliseconds of `reps` CUDA-event-timed calls after one warm-up."""
+    return 1000.0 * statistics.median(cuda_time(fn, 1, reps))
 
 
 def main(argv=None):

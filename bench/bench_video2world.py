@@ -21,7 +21,6 @@ import dataclasses
 import gc
 import json
 import math
-import os
 import statistics
 import sys
 import time

@@ -47,6 +47,16 @@ def loads(line: str) -> dict:
     return ev
 
 
+def log_to(emit, message: str, level: str = "info") -> None:
+    """Send a log line to `emit`, which may be a plain callback, an Emitter, or None."""
+    if emit is None:
+        return
+    if isinstance(emit, Emitter):
+        emit.log(message, level=level)
+    else:
+        emit(make("log", None, level=level, message=message))
+
+
 def null_emit(event: dict) -> None:
     """Default sink for library callers that don't watch progress."""
 

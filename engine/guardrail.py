@@ -478,15 +478,10 @@ class Guardrail:
         self._status[name] = {"stage": stage, "available": False, "runs": 0, "detail": reason}
 
     def _log(self, message: str, level: str) -> None:
-        getattr(log, level, log.info)(message)
-        if self.emit is None:
-            return
-        if hasattr(self.emit, "log"):  # engine.events.Emitter
-            self.emit.log(message, level=level)
-        else:
-            from engine import events
+        from engine import events
 
-            self.emit(events.make("log", None, level=level, message=message))
+        getattr(log, level, log.info)(message)
+        events.log_to(self.emit, message, level)
 
     def _warn(self, message: str) -> None:
         self._log(message, "warning")

@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from engine.spec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, InputError
+from engine.spec import InputError, input_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -38,16 +38,7 @@ DEMO_INPUT_PATH = "assets/demo_input.png"
 # reading
 
 
-def _kind(path: str) -> str:
-    p = path.lower()
-    if p.endswith(IMAGE_EXTENSIONS):
-        return "image"
-    if p.endswith(VIDEO_EXTENSIONS):
-        return "video"
-    raise InputError(
-        f"input_path: {path!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
-        f"nor a video ({', '.join(VIDEO_EXTENSIONS)}); give a file of one of those types"
-    )
+_kind = input_kind  # one rule for what counts as an image or a video, in engine/spec.py
 
 
 def read_image(path: str | os.PathLike) -> "np.ndarray":

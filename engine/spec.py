@@ -112,15 +112,7 @@ class GenerationSpec(BaseModel):
 
     def input_kind(self, path: str | None = None) -> str:
         """'image' or 'video' by extension; raises a one-sentence error naming input_path."""
-        p = (path or self.input_path).lower()
-        if p.endswith(IMAGE_EXTENSIONS):
-            return "image"
-        if p.endswith(VIDEO_EXTENSIONS):
-            return "video"
-        raise InputError(
-            f"input_path: {path or self.input_path!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
-            f"nor a video ({', '.join(VIDEO_EXTENSIONS)}); give a file of one of those types"
-        )
+        return input_kind(path or self.input_path)
 
     def check_input(self, path: str | None = None) -> None:
         """Validate one conditioning input against this spec (existence, type, frame count rule)."""
@@ -140,6 +132,19 @@ class GenerationSpec(BaseModel):
 
 class InputError(ValueError):
     """A mistake in a job's inputs the user can fix; the message is one sentence naming the field."""
+
+
+def input_kind(path: str) -> str:
+    """'image' or 'video' by extension; raises a one-sentence InputError naming input_path."""
+    p = str(path).lower()
+    if p.endswith(IMAGE_EXTENSIONS):
+        return "image"
+    if p.endswith(VIDEO_EXTENSIONS):
+        return "video"
+    raise InputError(
+        f"input_path: {str(path)!r} is neither an image ({', '.join(IMAGE_EXTENSIONS)}) "
+        f"nor a video ({', '.join(VIDEO_EXTENSIONS)}); give a file of one of those types"
+    )
 
 
 def format_validation_error(err: ValidationError, source: str = "") -> str:

@@ -4,7 +4,6 @@ queued is lost. Real processes, real sockets; waits are generous and nothing is 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil

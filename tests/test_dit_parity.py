@@ -9,43 +9,14 @@ Documented differences are applied explicitly so everything else is compared exa
 import pytest
 import torch
 
+from engine.models.diffusers_names import dit_key_to_diffusers
 from engine.models.dit import MiniTrainDIT, dit_config
 from tests.diffusers_compat import patch_diffusers_cosmos
 
 diffusers = pytest.importorskip("diffusers")
 
-# NVIDIA -> diffusers substring renames, applied in this order (diffusers' conversion script's table).
-RENAMES = [
-    ("t_embedder.1", "time_embed.t_embedder"),
-    ("t_embedding_norm", "time_embed.norm"),
-    ("blocks", "transformer_blocks"),
-    ("adaln_modulation_self_attn.1", "norm1.linear_1"),
-    ("adaln_modulation_self_attn.2", "norm1.linear_2"),
-    ("adaln_modulation_cross_attn.1", "norm2.linear_1"),
-    ("adaln_modulation_cross_attn.2", "norm2.linear_2"),
-    ("adaln_modulation_mlp.1", "norm3.linear_1"),
-    ("adaln_modulation_mlp.2", "norm3.linear_2"),
-    ("self_attn", "attn1"),
-    ("cross_attn", "attn2"),
-    ("q_proj", "to_q"),
-    ("k_proj", "to_k"),
-    ("v_proj", "to_v"),
-    ("output_proj", "to_out.0"),
-    ("q_norm", "norm_q"),
-    ("k_norm", "norm_k"),
-    ("mlp.layer1", "ff.net.0.proj"),
-    ("mlp.layer2", "ff.net.2"),
-    ("x_embedder.proj.1", "patch_embed.proj"),
-    ("final_layer.adaln_modulation.1", "norm_out.linear_1"),
-    ("final_layer.adaln_modulation.2", "norm_out.linear_2"),
-    ("final_layer.linear", "proj_out"),
-]
-
-
-def to_diffusers_key(key: str) -> str:
-    for a, b in RENAMES:
-        key = key.replace(a, b)
-    return key
+# the engine's NVIDIA -> diffusers name table (the same renames diffusers' own conversion script applies)
+to_diffusers_key = dit_key_to_diffusers
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,14 @@ import pytest
 from engine import io
 from engine.modes import run_job
 from engine.pipeline import GuardrailBlocked
-from engine.spec import GenerationSpec, InputError
+from engine.spec import InputError
+from tests.tiny import tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
-def tiny(tmp_path, **kw) -> GenerationSpec:
-    base = dict(model_size="tiny", num_steps=1, disable_guardrail=True, disable_prompt_refiner=True,
-                prompt="a robot arm picks up a red cup", input_path=str(io.ensure_demo_input(tmp_path / "cup.png")),
-                save_path=str(tmp_path / "out" / "video.mp4"))
-    base.update(kw)
-    return GenerationSpec(**base)
+def tiny(tmp_path, **kw):
+    return tiny_spec(tmp_path, num_steps=1, input_name="cup.png", **kw)
 
 
 def test_best_of_n_writes_candidates_reports_and_ranking(tmp_path):

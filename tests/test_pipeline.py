@@ -17,17 +17,14 @@ import torch
 from engine import io, resolutions
 from engine.modes import run_job
 from engine.pipeline import Cancelled, get_pipeline
-from engine.spec import GenerationSpec, InputError
+from engine.spec import InputError
+from tests.tiny import small_video, tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
-def tiny(tmp_path, **kw) -> GenerationSpec:
-    base = dict(model_size="tiny", num_steps=2, disable_guardrail=True, disable_prompt_refiner=True,
-                prompt="a robot arm picks up a red cup", input_path=str(io.ensure_demo_input(tmp_path / "in.png")),
-                save_path=str(tmp_path / "out" / "video.mp4"))
-    base.update(kw)
-    return GenerationSpec(**base)
+def tiny(tmp_path, **kw):
+    return tiny_spec(tmp_path, num_steps=2, input_name="in.png", **kw)
 
 
 def frames_of(path) -> np.ndarray:
@@ -125,11 +122,6 @@ def test_long_video_frame_count_and_chunk_events(tmp_path):
     chunks = [e for e in evs if e["event"] == "chunk"]
     assert [(c["chunk"], c["frames"]) for c in chunks] == [(1, 93), (2, 185), (3, total)]
     assert not (tmp_path / "out" / "video.mp4.lvg").exists()  # state removed once done
-
-
-def small_video(tmp_path):
-    clip = (np.random.RandomState(0).rand(3, 12, 48, 80) * 255).astype(np.uint8)
-    return str(io.write_video(tmp_path / "src.mp4", clip, 16))
 
 
 def test_long_video_resumes_after_interruption_and_matches_an_uninterrupted_run(tmp_path):

@@ -12,7 +12,7 @@ exact fp32 attention).
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

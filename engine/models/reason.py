@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -392,15 +392,10 @@ class ReasonModel:
                 self.to_cpu()
 
     def _log(self, message: str, level: str = "info") -> None:
-        getattr(log, level, log.info)(message)
-        if self.emit is None:
-            return
-        if hasattr(self.emit, "log"):  # engine.events.Emitter
-            self.emit.log(message, level=level)
-        else:
-            from engine import events
+        from engine import events
 
-            self.emit(events.make("log", None, level=level, message=message))
+        getattr(log, level, log.info)(message)
+        events.log_to(self.emit, message, level)
 
     # -- the two jobs
 
