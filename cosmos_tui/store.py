@@ -213,11 +213,19 @@ class Store:
         attempt_of: int | None = None,
         front: bool = False,
     ) -> list[int]:
-        """Insert queued jobs in one transaction: all of them or none."""
+        """Insert queued jobs in one transaction: all of them or none.
+
+        A new job (not a retry) whose save_path another job already claims gets its own path
+        (`video-job7.mp4`, `best-of-n-job7`), so jobs queued from one preset never overwrite each other.
+        A retry keeps its attempt's path: a long video resumes from the chunks saved there.
+        """
         ids = []
         now = time.time()
         with self._tx():
+            taken = None if attempt_of is not None else self._claimed_paths()
             for spec in specs:
+                if taken is not None:
+                    spec = _distinct_save_path(spec, cwd, taken, self._next_id())
                 cur = self.db.execute(
                     "INSERT INTO jobs (spec, preset, mode, prompt, state, priority, gpus_wanted, cwd, "
                     "created, attempt_of) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
@@ -236,6 +244,14 @@ class Store:
                 ids.append(cur.lastrowid)
                 self._place(cur.lastrowid, priority, front)
         return ids
+
+    def _claimed_paths(self) -> set[str]:
+        return {_resolved_save_path(json.loads(spec), cwd)
+                for spec, cwd in self.db.execute("SELECT spec, cwd FROM jobs")}
+
+    def _next_id(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()
+        return int(row[0])
 
     def _place(self, job_id: int, priority: int, front: bool) -> None:
         """Queue order is `position` alone; priority only decides where a new job goes in."""
@@ -405,3 +421,21 @@ class _Transaction:
         else:
             self.db.execute("ROLLBACK")
         return False
+
+
+def _resolved_save_path(spec: dict, cwd: str | None) -> str:
+    return os.path.normpath(os.path.join(cwd or "", spec.get("save_path") or ""))
+
+
+def _distinct_save_path(spec: dict, cwd: str | None, taken: set[str], job_id: int) -> dict:
+    """`spec` with a save_path no other job claims (adds `-job<id>`), recording the claim in `taken`."""
+    path = _resolved_save_path(spec, cwd)
+    root, ext = os.path.splitext(spec.get("save_path") or "")
+    n = 0
+    while path in taken:
+        n += 1
+        candidate = f"{root}-job{job_id}{ext}" if n == 1 else f"{root}-job{job_id}-{n}{ext}"
+        spec = {**spec, "save_path": candidate}
+        path = _resolved_save_path(spec, cwd)
+    taken.add(path)
+    return spec

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import secrets
 from collections import deque
 from pathlib import Path
@@ -249,7 +250,8 @@ def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps
         raise ValueError(f"video size {w}x{h}: H.264 yuv420p needs even width and height")
     frames = v.permute(1, 2, 3, 0).contiguous().numpy()  # T, H, W, C
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    # unique per writer: two jobs finishing at once must not share a temporary file
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.partial{path.suffix}")
     writer = imageio_ffmpeg.write_frames(
         str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, quality=quality,
         codec="libx264", macro_block_size=1, ffmpeg_log_level="error",

@@ -149,3 +149,19 @@ def test_corrupt_pages_are_found_by_the_integrity_check(tmp_path):
     with pytest.raises(StoreError, match="damaged"):
         Store(path)
     assert _digest(path) == before
+
+
+def test_jobs_sharing_a_save_path_get_their_own_and_retries_keep_theirs(tmp_path):
+    from cosmos_tui.store import Store
+
+    store = Store(tmp_path / "jobs.db")
+    spec = {"prompt": "a", "save_path": "output/tiny.mp4"}
+    a = store.add_job(spec, cwd="/work")
+    b, c = store.add_jobs([spec, spec], cwd="/work")
+    d = store.add_job({**spec, "save_path": "output/other.mp4"}, cwd="/work")
+    e = store.add_job(spec, cwd="/elsewhere")  # another folder: no clash
+    paths = [store.job(j)["spec"]["save_path"] for j in (a, b, c, d, e)]
+    assert paths[0] == "output/tiny.mp4" and paths[3] == "output/other.mp4" and paths[4] == "output/tiny.mp4"
+    assert len({paths[0], paths[1], paths[2]}) == 3 and all(p.endswith(".mp4") for p in paths)
+    retry = store.add_job(store.job(b)["spec"], cwd="/work", attempt_of=b)
+    assert store.job(retry)["spec"]["save_path"] == paths[1]
