@@ -30,7 +30,12 @@ case "$what" in
         exec "$PY" -m pytest -q -n 2 "$@"
         ;;
     app)
-        exec "$VENV/bin/cosmos-tui"
+        root="${COSMOS_TUI_CHECKPOINTS:-checkpoints}"
+        if ls "$root"/nvidia/Cosmos-Predict2-*-Video2World/model-*.pt >/dev/null 2>&1; then
+            exec "$VENV/bin/cosmos-tui"
+        fi
+        echo "no Cosmos-Predict2 checkpoints under $root/: queueing a tiny-profile demo job (seeded random weights, CPU)" >&2
+        exec "$VENV/bin/cosmos-tui" demo
         ;;
     *)
         exec "$VENV/bin/cosmos-tui" "$@"
