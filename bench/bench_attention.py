@@ -50,11 +50,11 @@ def main(argv=None):
     dense_flops = lambda b: 4.0 * b * L * L * N * D  # noqa: E731
     for b in sorted({1, args.batch}):
         q, k, v = qkv(b)
-        for backend in ("cudnn", "flash", "efficient"):
+        for backend in ("cudnn", "flash", "efficient", "fa4"):
             try:
                 ms = timed(lambda: attention(q, k, v, backend))
-            except RuntimeError as e:  # a kernel that refuses the shape
-                rows.append((f"dense {backend} B={b} [B,L,N,D] view", "n/a", str(e)[:40]))
+            except Exception as e:  # a kernel that refuses the shape, or fa4 not installed
+                rows.append((f"dense {backend} B={b} [B,L,N,D] view", "n/a", str(e)[:60].replace("|", "/")))
                 continue
             rows.append((f"dense {backend} B={b} [B,L,N,D] view", f"{ms:.1f}", f"{dense_flops(b) / ms / 1e9:.0f}"))
             res[f"dense_{backend}_b{b}_ms"] = ms

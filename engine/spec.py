@@ -71,7 +71,7 @@ class GenerationSpec(BaseModel):
     # torch.compile the DiT blocks on CUDA: 1.17x per step on H100 at 720p (bench/RESULTS.md); the first
     # job of a warm engine pays the compilation (20-60 s). Ignored on CPU.
     compile_dit: bool = True
-    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "natten"] = "auto"
+    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "fa4", "natten"] = "auto"
     # long video
     num_chunks: int = Field(6, ge=1, le=1000)
     # best-of-N
