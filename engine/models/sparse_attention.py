@@ -16,6 +16,7 @@ Layout: q, k, v [B, T, H, W, N, D] (NATTEN's heads-last view); result has the sa
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -37,16 +38,15 @@ def _gather_budget(device: torch.device, element_size: int) -> int:
     return int(max(DEFAULT_MAX_GATHER, min(1 << 31, free // (8 * element_size))))
 
 
-def _window_starts(n: int, w: int, s: int, device) -> torch.Tensor:
-    """First key index of the window of each query tile along one axis."""
-    tiles = torch.arange(math.ceil(n / s), device=device)
-    leaders = torch.clamp(tiles * s + s // 2, max=n - 1)
+def _window_starts(n: int, w: int, s: int) -> list[int]:
+    """First key index of the window of each query tile along one axis (plain ints: a handful per axis,
+    and computing them on the GPU would cost a host sync per layer per forward)."""
     left, right = w // 2, w - 1 - w // 2
-    centres = torch.clamp(leaders, min=left, max=n - 1 - right)
-    return centres - left
+    leaders = (min(tile * s + s // 2, n - 1) for tile in range(math.ceil(n / s)))
+    return [min(max(c, left), n - 1 - right) - left for c in leaders]
 
 
-def _axis_groups(n: int, w: int, s: int, device) -> list[tuple[int, int, int]]:
+def _axis_groups(n: int, w: int, s: int) -> list[tuple[int, int, int]]:
     """Along one axis: (query start, query length, key window start) per DISTINCT key window.
 
     Tiles near the edges are clamped onto the same window (e.g. the first three tiles of a 40-wide
@@ -55,9 +55,8 @@ def _axis_groups(n: int, w: int, s: int, device) -> list[tuple[int, int, int]]:
     """
     if w >= n:
         return [(0, n, 0)]
-    starts = _window_starts(n, w, s, device).tolist()
     groups: list[list[int]] = []  # [first query, end query, key start]
-    for tile, k0 in enumerate(starts):
+    for tile, k0 in enumerate(_window_starts(n, w, s)):
         q0, q1 = tile * s, min((tile + 1) * s, n)
         if groups and groups[-1][2] == k0:
             groups[-1][1] = q1
@@ -77,6 +76,22 @@ def _box_index(starts, lengths, dims, device) -> torch.Tensor:
     return ((it * H + ih) * W + iw).reshape(len(starts), -1)
 
 
+@functools.lru_cache(maxsize=64)
+def _plan(X: tuple, window: tuple, stride: tuple, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(query indices [G, Lq], key indices [G, Lk]) per class of same-shaped query boxes. Depends only on the
+    grid and the pattern, so it is built once per layer pattern and device, not on every forward."""
+    win = tuple(min(w, n) for n, w in zip(X, window))
+    per_axis = [_axis_groups(n, w, s) for n, w, s in zip(X, window, stride)]
+    classes: dict[tuple, list[tuple]] = {}
+    for gt in per_axis[0]:
+        for gh in per_axis[1]:
+            for gw in per_axis[2]:
+                shape = (gt[1], gh[1], gw[1])
+                classes.setdefault(shape, []).append(((gt[0], gh[0], gw[0]), (gt[2], gh[2], gw[2])))
+    return [(_box_index([m[0] for m in members], shape, X, device), _box_index([m[1] for m in members], win, X, device))
+            for shape, members in classes.items()]
+
+
 def _strided_na(q, k, v, window, stride, backend, max_gather):
     B, T, H, W, N, D = q.shape
     X = (T, H, W)
@@ -85,22 +100,12 @@ def _strided_na(q, k, v, window, stride, backend, max_gather):
         # Whole sub-grid visible (e.g. the dilated "sparse global" layers): plain dense attention.
         return attention(*flat, backend).reshape(B, T, H, W, N, D)
     q_flat, k_flat, v_flat = flat
-    win = tuple(min(w, n) for n, w in zip(X, window))
-    per_axis = [_axis_groups(n, w, s, q.device) for n, w, s in zip(X, window, stride)]
-    # Query groups are boxes; batch together the groups whose boxes have the same shape.
-    classes: dict[tuple, list[tuple]] = {}
-    for gt in per_axis[0]:
-        for gh in per_axis[1]:
-            for gw in per_axis[2]:
-                shape = (gt[1], gh[1], gw[1])
-                classes.setdefault(shape, []).append(((gt[0], gh[0], gw[0]), (gt[2], gh[2], gw[2])))
     out = torch.empty_like(q_flat)
-    Lk = math.prod(win)
+    Lk = math.prod(min(w, n) for n, w in zip(X, window))
     chunk = max(1, max_gather // max(1, B * Lk * N * D))
-    for shape, members in classes.items():
-        q_index = _box_index([m[0] for m in members], shape, X, q.device)
-        kv_index = _box_index([m[1] for m in members], win, X, q.device)
-        for c0 in range(0, len(members), chunk):
+    # Query groups are boxes; groups whose boxes have the same shape are batched together.
+    for q_index, kv_index in _plan(X, tuple(window), tuple(stride), q.device):
+        for c0 in range(0, q_index.shape[0], chunk):
             qi, ki = q_index[c0 : c0 + chunk], kv_index[c0 : c0 + chunk]
             c, Lq = qi.shape
             qc = q_flat[:, qi].reshape(B * c, Lq, N, D)
