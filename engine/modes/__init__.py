@@ -18,9 +18,8 @@ def run_job(spec: GenerationSpec, emit: events.Emit | None = None, pipeline=None
     Raises engine.spec.InputError for mistakes the user can fix, engine.pipeline.GuardrailBlocked
     when a check refuses, engine.pipeline.Cancelled when `cancel` is set.
     """
-    from engine.modes import bestofn, lvg, video2world
-
     from engine import io, parallel
+    from engine.modes import bestofn, lvg, video2world
 
     # under torchrun (--num_gpus N) every rank runs the job; rank 0 alone reports and writes
     parallel.maybe_init_from_env(spec.num_gpus)

@@ -65,28 +65,30 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     import numpy as np
     import torch
 
-    from engine import io
+    from engine import io, parallel
     from engine.modes import pipeline_for
     from engine.modes.video2world import write_result
-
-    from engine import parallel
 
     spec.check_input()
     n = spec.num_conditional_frames
     main = parallel.is_main()
     state = parallel.share_from_main(lambda: load_state(spec))  # rank 0 owns the state directory
+    done = state["chunks_done"]
     d = state_dir(spec)
     if main:
         d.mkdir(parents=True, exist_ok=True)
-    if state["chunks_done"]:
-        ev.log(f"resuming long video at chunk {state['chunks_done'] + 1}/{spec.num_chunks}")
+    if done:
+        ev.log(f"resuming long video at chunk {done + 1}/{spec.num_chunks}")
+    # Frames so far (uint8) and the next chunk's conditioning (float) stay in memory; the state directory
+    # is read back only when resuming.
+    full = _assemble(d, done) if (main and done) else None
+    tail = torch.load(d / "tail.pt") if (main and done) else None
     pipe = pipeline_for(spec, ev, pipeline)
     out = Path(spec.save_path)
     result = None
-    for k in range(state["chunks_done"], spec.num_chunks):
-        tail = None
+    for k in range(done, spec.num_chunks):
         if k > 0:
-            tail = parallel.broadcast_object(torch.load(d / "tail.pt") if main else None)
+            tail = parallel.broadcast_object(tail if main else None)
         result = pipe.generate(
             spec.prompt, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
             # the refiner looks at the original input: the previous chunk exists only in memory
@@ -95,29 +97,33 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         )
         if not main:
             continue
-        frames = result.video if k == 0 else result.video[:, n:]
-        np.save(d / f"chunk_{k}.npy", io.to_uint8(frames).numpy())
-        torch.save(result.video[:, -n:].clone(), d / "tail.pt")
+        new = io.to_uint8(result.video if k == 0 else result.video[:, n:])
+        tail = result.video[:, -n:].clone()
+        np.save(d / f"chunk_{k}.npy", new.numpy())
+        torch.save(tail, d / "tail.pt")
         state["chunks_done"] = k + 1
         state["refined_prompts"].append(result.refined_prompt)
         _save_state(d, state)
-        full = _assemble(d, k + 1)
-        io.write_video(out, full, spec.fps)
-        ev("chunk", chunk=k + 1, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
+        full = new if full is None else torch.cat([full, new], dim=1)
+        if k + 1 < spec.num_chunks:
+            # the partial video; the finished one is written once below, with its sidecars
+            io.write_video(out, full, spec.fps)
+            ev("chunk", chunk=k + 1, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
     if not main:
         return []
     if result is None:  # every chunk was already done: rebuild the outputs from the saved state
         from engine.pipeline import GenerationResult
 
-        full = _assemble(d, spec.num_chunks)
         result = GenerationResult(video=full, prompt=spec.prompt, refined_prompt=None,
                                   negative_prompt=spec.negative_prompt, seed=spec.seed)
     else:
-        result.video = _assemble(d, spec.num_chunks)
+        result.video = full
     refined = [p for p in state["refined_prompts"] if p]
     result.refined_prompt = "\n".join(f"chunk {i + 1}: {p}" for i, p in enumerate(state["refined_prompts"]) if p) or None
     outputs = write_result(spec, result, out, ev, extra={"chunks": spec.num_chunks, "refined_prompts": refined,
-                                                          "frames": int(result.video.shape[1])})
+                                                          "frames": int(full.shape[1])})
+    if done < spec.num_chunks:
+        ev("chunk", chunk=spec.num_chunks, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
     shutil.rmtree(d, ignore_errors=True)
     return outputs
 

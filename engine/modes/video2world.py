@@ -12,6 +12,7 @@ BENCHMARK_RUNS = 4  # the reference runs 4 times and averages the last 3
 
 
 def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) -> list[str]:
+    from engine import parallel
     from engine.modes import pipeline_for
 
     spec.check_input()
@@ -25,8 +26,6 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         times.append(time.perf_counter() - t0)
         if spec.benchmark:
             ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
-    from engine import parallel
-
     if not parallel.is_main():
         return []  # rank 0 writes the files
     timings = dict(result.timings)
