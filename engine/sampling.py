@@ -21,6 +21,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from engine.resolutions import latent_frames  # noqa: F401 - the 4x causal VAE's frame rule, one definition
+
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
@@ -55,11 +57,6 @@ def initial_noise(
     """
     values = np.random.RandomState(seed).standard_normal(tuple(shape)).astype(np.float32)
     return torch.from_numpy(values).to(device)
-
-
-def latent_frames(pixel_frames: int) -> int:
-    """Latent frames the causal 4x-temporal VAE makes of `pixel_frames` (1 -> 1, 5 -> 2, 93 -> 24)."""
-    return 1 + (pixel_frames - 1) // 4
 
 
 @dataclass
