@@ -73,3 +73,7 @@ class Emitter:
 
     def log(self, message: str, level: str = "info") -> None:
         self("log", level=level, message=message)
+
+    def send(self, event: dict) -> None:
+        """Forward a ready-made event, filling in this emitter's job id where it has none."""
+        self._emit(event if event.get("job") is not None else {**event, "job": self.job})

@@ -46,6 +46,16 @@ def onload(module, device: torch.device | str):
     return module
 
 
+def cuda_memory(device=None) -> dict | None:
+    """The fields of a `memory` event (bytes allocated, reserved, and peak since the last reset) for a CUDA
+    device (default: the current one); None without CUDA. The engine server resets the peak per job."""
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.cuda.current_device() if device is None else device
+    return {"allocated": torch.cuda.memory_allocated(dev), "reserved": torch.cuda.memory_reserved(dev),
+            "peak": torch.cuda.max_memory_allocated(dev), "device": str(dev)}
+
+
 def release_cached() -> None:
     gc.collect()
     if torch.cuda.is_available():

@@ -8,14 +8,13 @@ and reports progress as structured events through `emit` (engine/events.py), nev
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-from engine import events, parallel, resolutions
+from engine import events, memory, parallel, resolutions
 from engine.spec import GenerationSpec
 
 
@@ -106,7 +105,7 @@ class Video2WorldPipeline:
 
             self._guardrail = Guardrail(
                 checkpoints.checkpoints_root(), offload=self.spec.offload_guardrail,
-                emit=self.ev._emit, disabled=False,
+                emit=self._current_emit, disabled=False,
             )
         return self._guardrail
 
@@ -117,16 +116,19 @@ class Video2WorldPipeline:
             from engine.models import reason
 
             self._refiner = reason.build_reason(self.spec, checkpoints.reason_dir(self.spec), self.device,
-                                                offload=self.spec.offload_prompt_refiner, emit=self.ev._emit)
+                                                offload=self.spec.offload_prompt_refiner, emit=self._current_emit)
         return self._refiner
+
+    def _current_emit(self, event: dict) -> None:
+        # The refiner and guardrail outlive the job that built them (the pipeline stays warm), so they get
+        # this forwarder, which reaches whichever job's emitter is current, not the first job's.
+        self.ev.send(event)
 
     def release_aux(self) -> None:
         """Drop refiner and guardrail models (best-of-N loads the critic after generation)."""
         self._refiner = None
         self._guardrail = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        memory.release_cached()
 
     # -- one generation -----------------------------------------------------------------------
 
@@ -190,10 +192,8 @@ class Video2WorldPipeline:
         text = refined or prompt
 
         t0 = time.perf_counter()
-        self.text_encoder.to(self.device) if spec.offload_text_encoder else None
-        emb = self.text_encoder.encode([text, negative_prompt])
-        if spec.offload_text_encoder:
-            self.text_encoder.to("cpu")
+        # offloaded T5 lives on the CPU and visits the GPU only for prompts it has not encoded yet
+        emb = self.text_encoder.encode([text, negative_prompt], run_on=self.device if spec.offload_text_encoder else None)
         emb = parallel.broadcast_tensor(emb.to(self.device, self.dtype))  # bit-identical on every rank
         cond_emb, uncond_emb = emb[0:1], emb[1:2]
         timings["text_encode_s"] = time.perf_counter() - t0
@@ -207,8 +207,6 @@ class Video2WorldPipeline:
         sigmas = sampling.sigma_schedule(spec.num_steps)
         x0_fn = sampling.make_x0_fn(self.dit, cond_emb, uncond_emb, spec.guidance, conditioning)
 
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         extra = step_fields or {}
 
         def on_step(i: int, total: int, seconds: float) -> None:
@@ -252,11 +250,11 @@ class Video2WorldPipeline:
         return io.to_signed_unit(torch.as_tensor(frames).permute(3, 0, 1, 2))
 
     def report_memory(self) -> None:
-        if self.device.type != "cuda":
-            return
-        self.ev("memory", allocated=torch.cuda.memory_allocated(self.device),
-                reserved=torch.cuda.memory_reserved(self.device),
-                peak=torch.cuda.max_memory_allocated(self.device), device=str(self.device))
+        """The job's GPU memory so far (the peak is reset per job by the engine server, not here: a
+        per-generation reset would hide T5's and the VAE encoder's peaks and earlier generations')."""
+        fields = memory.cuda_memory(self.device) if self.device.type == "cuda" else None
+        if fields:
+            self.ev("memory", **fields)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -274,9 +272,7 @@ def get_pipeline(spec: GenerationSpec, emit: events.Emit | None = None,
     pipe = _WARM.get(key)
     if pipe is None:
         _WARM.clear()  # free the old model before loading the new one
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        memory.release_cached()
         pipe = (factory or Video2WorldPipeline)(spec)
         pipe.set_emit(emit)
         pipe.load()

@@ -93,18 +93,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 
 def _cuda_memory_event(job) -> dict | None:
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
+    if "torch" not in sys.modules:  # a job that failed before loading torch used no GPU memory
         return None
-    dev = torch.cuda.current_device()
-    return events.make(
-        "memory",
-        job,
-        allocated=torch.cuda.memory_allocated(dev),
-        reserved=torch.cuda.memory_reserved(dev),
-        peak=torch.cuda.max_memory_allocated(dev),
-        device=dev,
-    )
+    from engine.memory import cuda_memory
+
+    fields = cuda_memory()
+    return events.make("memory", job, **fields) if fields else None
 
 
 def _reset_cuda_peak() -> None:

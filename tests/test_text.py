@@ -112,3 +112,17 @@ def test_load_t5_from_directory_and_downcast(tmp_path):
     out = half.encode(["a red cube"])
     assert out.dtype == torch.float32  # embeddings are float32 whatever the weights' dtype
     assert torch.allclose(out, enc.encode(["a red cube"]), atol=0.1)
+
+
+def test_offloaded_encoder_visits_the_gpu_only_on_a_cache_miss():
+    enc = tiny_text_encoder(0)
+    moves: list[str] = []
+    real_to = enc.model.to
+    enc.model.to = lambda device: moves.append(str(device)) or enc.model  # record; stay on the CPU
+    first = enc.encode(["a cup", "bad quality"], run_on="cuda")
+    assert moves == ["cuda", "cpu"]
+    again = enc.encode(["a cup", "bad quality"], run_on="cuda")  # both cached: no transfer
+    assert moves == ["cuda", "cpu"] and torch.equal(first, again)
+    enc.encode(["a new prompt", "bad quality"], run_on="cuda")
+    assert moves == ["cuda", "cpu", "cuda", "cpu"]
+    enc.model.to = real_to

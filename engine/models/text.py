@@ -56,16 +56,30 @@ class TextEncoder:
         self._cache.clear()
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """[B, max_length, dim] float32 on the model's device; positions past each prompt's EOS are 0."""
+    def encode(self, prompts: list[str], run_on=None) -> torch.Tensor:
+        """[B, max_length, dim] float32 on the model's device; positions past each prompt's EOS are 0.
+
+        run_on: a device to run the model on when a prompt is not cached (--offload_text_encoder: T5 lives
+        on the CPU). The model moves there and back only on a cache miss, so re-encoding the same prompts
+        (best-of-N, long-video chunks, batches) costs no transfer of its weights.
+        """
         if isinstance(prompts, str):
             raise TypeError("encode takes a list of prompts, not a single string")
         todo = [p for p in dict.fromkeys(prompts) if (self.name, p) not in self._cache]
         self.misses += len(todo)
         self.hits += len(prompts) - len(todo)
         if todo:
-            for prompt, emb in zip(todo, self._run(todo)):
-                self._cache[(self.name, prompt)] = emb
+            home = self.device
+            moved = run_on is not None and torch.device(run_on) != home
+            if moved:
+                self.model.to(run_on)
+            try:
+                embs = self._run(todo)
+            finally:
+                if moved:
+                    self.model.to(home)
+            for prompt, emb in zip(todo, embs):
+                self._cache[(self.name, prompt)] = emb.to(home)
         rows = []
         for p in prompts:
             self._cache.move_to_end((self.name, p))
