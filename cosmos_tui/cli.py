@@ -178,22 +178,16 @@ def submit(
 
 
 def _progress(j: dict) -> str:
-    if j["state"] != "running" or not j.get("total_steps"):
-        return ""
-    parts = []
-    if j.get("num_chunks"):
-        parts.append(f"chunk {j.get('chunk') or 1}/{j['num_chunks']}")
-    if j.get("num_generations"):
-        parts.append(f"gen {j.get('generation') or 1}/{j['num_generations']}")
-    parts.append(f"step {j.get('step') or 0}/{j['total_steps']}")
-    return " ".join(parts)
+    """The TUI's progress words (cosmos_tui.widgets.format), for running jobs only."""
+    from cosmos_tui.widgets.format import units_line
+
+    return units_line(j) if j["state"] == "running" and j.get("total_steps") else ""
 
 
 def _eta(seconds) -> str:
-    if seconds is None:
-        return ""
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    from cosmos_tui.widgets.format import duration
+
+    return "" if seconds is None else duration(seconds)
 
 
 @app.command("ls")
