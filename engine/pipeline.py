@@ -153,7 +153,7 @@ class Video2WorldPipeline:
         from engine import io, sampling
 
         w, h = resolutions.frame_size(self.spec.resolution, self.spec.aspect_ratio, self.spec.model_size)
-        n_frames = resolutions.num_frames(self.spec.fps)
+        n_frames = resolutions.num_frames(self.spec.fps, self.spec.model_size)
         if frames is None:
             clip = io.load_conditioning_clip(input_path, num_conditional_frames, w, h, n_frames)
             # the reference normalises pixels in the pipeline's precision (bf16 on GPU)

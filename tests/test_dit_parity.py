@@ -12,6 +12,11 @@ import torch
 from engine.models.diffusers_names import dit_key_to_diffusers
 from engine.models.dit import MiniTrainDIT, dit_config
 from tests.diffusers_compat import patch_diffusers_cosmos
+from tests.tolerance import TINY_DIT_DEPTH, TINY_DIT_K, rel_err, rms_rounding_bound
+
+# diffusers and we run the same maths through other code (fused vs split projections, other reshapes and
+# attention calls): fp32 rounding apart, bounded by tests/tolerance.py (1.2e-4 for the tiny DiT).
+TOL = rms_rounding_bound(TINY_DIT_K, TINY_DIT_DEPTH)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -80,10 +85,6 @@ def run_ref(ref, x, t, ctx, cond, pad):
     return out
 
 
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.mark.parametrize("B,n_cond", [(1, 1), (2, 1), (2, 2)])
 @torch.no_grad()
 def test_matches_diffusers(pair, B, n_cond):
@@ -93,7 +94,7 @@ def test_matches_diffusers(pair, B, n_cond):
     b = run_ref(ref, x, t, ctx, cond, pad)
     assert a.shape == b.shape == x.shape
     assert b.abs().mean() > 0.1  # the oracle is not trivially zero
-    assert rel_err(a, b) < 1e-5
+    assert rel_err(a, b) < TOL
 
 
 @torch.no_grad()
@@ -104,7 +105,7 @@ def test_deliberate_bugs_are_caught(pair, monkeypatch):
     ours, ref = pair
     x, t, ctx, cond, pad = make_inputs(B=2, n_cond=1, seed=7)
     b = run_ref(ref, x, t, ctx, cond, pad)
-    assert rel_err(ours(x, t, ctx, cond, padding_mask=pad), b) < 1e-5
+    assert rel_err(ours(x, t, ctx, cond, padding_mask=pad), b) < TOL
 
     # 1. unpatchify read in the patchify order (C slowest) instead of (ph, pw, pt, C)
     def wrong_unpatchify(self, y):
@@ -135,10 +136,10 @@ def test_deliberate_bugs_are_caught(pair, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(dit, "apply_rope", interleaved)
-        assert rel_err(ours(x, t, ctx, cond, padding_mask=pad), b) > 1e-3
+        assert rel_err(ours(x, t, ctx, cond, padding_mask=pad), b) > 5 * TOL
 
     # 4. diffusers' fps RoPE modulation (positions x24/16) is a real difference, not noise
     B, _, T = x.shape[:3]
     b16 = ref(hidden_states=x, timestep=t.view(B, 1, T, 1, 1), encoder_hidden_states=ctx, fps=16,
               condition_mask=cond, padding_mask=pad, return_dict=False)[0]
-    assert rel_err(ours(x, t, ctx, cond, padding_mask=pad), b16) > 1e-3
+    assert rel_err(ours(x, t, ctx, cond, padding_mask=pad), b16) > 5 * TOL

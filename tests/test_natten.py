@@ -7,6 +7,12 @@ import torch.nn.functional as F
 
 from engine.models.attention import BASE_SIZE_720P, adapt_natten_params, attention, natten_attention, natten_table
 from engine.models.sparse_attention import neighborhood_attention
+from tests.tolerance import rms_rounding_bound
+
+# natten, our gathered-window path and the masked dense reference sum the same softmax-weighted values in
+# other orders: three accumulating stages (q.k, softmax sum, p.v) over at most 4*8*12 = 384 keys
+# (the dense reference; masked keys add exact zeros). tests/tolerance.py: 3.5e-5.
+TOL = rms_rounding_bound(384, 3)
 
 natten = pytest.importorskip("natten")
 
@@ -83,13 +89,13 @@ def test_natten_and_sparse_path_equal_masked_reference(grid, window, stride, dil
     assert rel(dense, ref) > 0.05  # the pattern really is sparse, so agreeing with it means something
 
     nat = natten.na3d(q, k, v, kernel_size=window, stride=stride, dilation=dilation, is_causal=False)
-    assert rel(nat, ref) < 1e-5
+    assert rel(nat, ref) < TOL
 
     ours = neighborhood_attention(q, k, v, window, stride, dilation, backend="math")
-    assert rel(ours, ref) < 1e-5
+    assert rel(ours, ref) < TOL
     # chunking over tiles must not change anything
     tiny_chunks = neighborhood_attention(q, k, v, window, stride, dilation, backend="math", max_gather=1)
-    assert rel(tiny_chunks, ref) < 1e-5
+    assert rel(tiny_chunks, ref) < TOL
 
 
 def test_reference_groups_queries_by_stride():
@@ -116,8 +122,8 @@ def test_natten_attention_adapts_and_matches_reference():
     q, k, v = qkv((B, *grid, N, D), seed=3)
     ref = reference_na(q, k, v, window, stride, dilation).reshape(B, -1, N, D)
     flat = [x.reshape(B, -1, N, D) for x in (q, k, v)]
-    assert rel(natten_attention(*flat, grid, params, impl="natten"), ref) < 1e-5
-    assert rel(natten_attention(*flat, grid, params, impl="sparse", dense_backend="math"), ref) < 1e-5
+    assert rel(natten_attention(*flat, grid, params, impl="natten"), ref) < TOL
+    assert rel(natten_attention(*flat, grid, params, impl="sparse", dense_backend="math"), ref) < TOL
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ def test_single_video_writes_mp4_and_sidecars(tmp_path):
     video, txt, js = outputs
     w, h = resolutions.frame_size(spec.resolution, spec.aspect_ratio, "tiny")
     v = frames_of(video)
-    assert v.shape == (93, h, w, 3)
+    assert v.shape == (resolutions.num_frames(16, "tiny"), h, w, 3)
     meta = iio.immeta(video)
     assert meta["fps"] == 16
     assert "[Prompt]\na robot arm picks up a red cup" in open(txt).read()
@@ -58,17 +58,17 @@ def test_same_seed_same_video_other_seed_differs(tmp_path):
     assert not np.array_equal(frames_of(a), frames_of(c))
 
 
-def test_ten_fps_makes_61_frames_and_aspect_ratio_changes_size(tmp_path):
+def test_ten_fps_makes_the_shorter_clip_and_aspect_ratio_changes_size(tmp_path):
     spec = tiny(tmp_path, fps=10, aspect_ratio="3:4")
     v = frames_of(run_job(spec)[0])
     w, h = resolutions.frame_size("720", "3:4", "tiny")
-    assert v.shape == (61, h, w, 3)
+    assert v.shape == (resolutions.num_frames(10, "tiny"), h, w, 3)
     assert iio.immeta(spec.save_path)["fps"] == 10
 
 
 def test_five_conditional_frames_from_a_video(tmp_path):
     spec = tiny(tmp_path, input_path=small_video(tmp_path), num_conditional_frames=5)
-    assert frames_of(run_job(spec)[0]).shape[0] == 93
+    assert frames_of(run_job(spec)[0]).shape[0] == resolutions.num_frames(16, "tiny")
 
 
 def test_warm_pipeline_is_reused(tmp_path):
@@ -116,11 +116,12 @@ def test_long_video_frame_count_and_chunk_events(tmp_path):
     spec = tiny(tmp_path, mode="lvg", num_chunks=3, num_conditional_frames=1)
     evs: list[dict] = []
     out = run_job(spec, emit=evs.append)[0]
-    total = resolutions.lvg_total_frames(3, 1)
-    assert total == 93 + 2 * 92
+    n = resolutions.num_frames(16, "tiny")
+    total = resolutions.lvg_total_frames(3, 1, model_size="tiny")
+    assert total == n + 2 * (n - 1)
     assert frames_of(out).shape[0] == total
     chunks = [e for e in evs if e["event"] == "chunk"]
-    assert [(c["chunk"], c["frames"]) for c in chunks] == [(1, 93), (2, 185), (3, total)]
+    assert [(c["chunk"], c["frames"]) for c in chunks] == [(1, n), (2, 2 * n - 1), (3, total)]
     assert not (tmp_path / "out" / "video.mp4.lvg").exists()  # state removed once done
 
 
@@ -141,14 +142,14 @@ def test_long_video_resumes_after_interruption_and_matches_an_uninterrupted_run(
         run_job(spec, emit=stop_after_first_chunk, cancel=cancel)
     state = json.loads((tmp_path / "cut.mp4.lvg" / "state.json").read_text())
     assert state["chunks_done"] == 1
-    assert frames_of(tmp_path / "cut.mp4").shape[0] == 93  # the partial video is on disk
+    assert frames_of(tmp_path / "cut.mp4").shape[0] == resolutions.num_frames(16, "tiny")  # partial video on disk
 
     evs: list[dict] = []
     resumed = run_job(spec, emit=evs.append)[0]
     assert [e["chunk"] for e in evs if e["event"] == "chunk"] == [2, 3]
     assert any("resuming long video at chunk 2/3" in e.get("message", "") for e in evs)
     a, b = frames_of(whole), frames_of(resumed)
-    assert a.shape[0] == resolutions.lvg_total_frames(3, 5) == b.shape[0]
+    assert a.shape[0] == resolutions.lvg_total_frames(3, 5, model_size="tiny") == b.shape[0]
     assert np.array_equal(a, b)
 
 
@@ -169,7 +170,7 @@ def test_conditioning_frames_survive_into_the_output(tmp_path):
     pipe = get_pipeline(spec)
     res = pipe.generate(spec.prompt, spec.input_path, seed=0)
     w, h = resolutions.frame_size("720", "16:9", "tiny")
-    clip = io.to_signed_unit(io.load_conditioning_clip(spec.input_path, 1, w, h, 93)).unsqueeze(0)
+    clip = io.to_signed_unit(io.load_conditioning_clip(spec.input_path, 1, w, h, resolutions.num_frames(16, "tiny"))).unsqueeze(0)
     with torch.inference_mode():
         gt = pipe.vae.encode(clip)
     assert torch.equal(res.latent[:, :1], gt[0, :, :1].float())

@@ -11,7 +11,7 @@ import sys
 import imageio.v3 as iio
 import pytest
 
-from engine import io
+from engine import io, resolutions
 from tests.tiny import small_video
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def test_single_image_and_five_frame_video(tmp_path):
     r = run("engine.video2world", "--input_path", small_video(tmp_path), "--num_conditional_frames", "5",
             "--prompt", "a car drives on", "--save_path", str(tmp_path / "v5.mp4"))
     assert r.returncode == 0, r.stderr
-    assert iio.imread(tmp_path / "v5.mp4").shape[0] == 93
+    assert iio.imread(tmp_path / "v5.mp4").shape[0] == resolutions.num_frames(16, "tiny")
 
 
 def test_batch_json_runs_the_good_entries_and_names_the_bad_one(tmp_path):
@@ -61,7 +61,7 @@ def test_long_video(tmp_path):
     r = run("engine.video2world_lvg", "--input_path", img, "--prompt", "a long drive", "--num_chunks", "2",
             "--save_path", str(out))
     assert r.returncode == 0, r.stderr
-    assert iio.imread(out).shape[0] == 93 + 92
+    assert iio.imread(out).shape[0] == resolutions.lvg_total_frames(2, 1, model_size="tiny")
     assert "[Prompt]\na long drive" in out.with_suffix(".txt").read_text()
 
 

@@ -17,7 +17,13 @@ from engine.models.vae import LATENT_MEAN, LATENT_STD, WanVAE, vae_config
 diffusers = pytest.importorskip("diffusers")
 from diffusers import AutoencoderKLWan  # noqa: E402
 
-TOL = 1e-5
+from tests.tolerance import rms_rounding_bound  # noqa: E402
+
+# diffusers' Wan VAE and ours run the same convolutions through other code (cache handling, padding,
+# attention reshapes): fp32 rounding apart. Tiny VAE: 3x3x3 convolutions over at most 32 channels
+# (k = 27*32 = 864); the longest chain (encoder or decoder: ~4 stages of resblocks with two convs and a
+# norm each, resampling, the middle attention block, head) is under 40 stages. tests/tolerance.py: 1.4e-4.
+TOL = rms_rounding_bound(27 * 32, 40)
 RES_SUB = {"0": "norm1", "2": "conv1", "3": "norm2", "6": "conv2"}
 
 
