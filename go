@@ -12,14 +12,16 @@ what="${1:-app}"
 PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "installing torch (CPU build; bring your own CUDA build for a GPU)..." >&2
-    "$PY" -m pip install -q --disable-pip-version-check "${COSMOS_TUI_TORCH:-torch==2.13.0}"
+    "$PY" -m pip install --disable-pip-version-check "${COSMOS_TUI_TORCH:-torch==2.13.0}"
 fi
 extras=""
 [ "$what" = "test" ] && extras="[test]"
 stamp="$VENV/.cosmos-tui-$(cat pyproject.toml | sha1sum | cut -c1-12)-${what}"
 if [ ! -f "$stamp" ]; then
-    echo "installing cosmos-tui${extras} into $VENV ..." >&2
-    "$PY" -m pip install -q --disable-pip-version-check -e ".${extras}"
+    # pip's own progress, not -q: the first set-up takes minutes (natten builds from source) and a
+    # silent terminal looks hung
+    echo "installing cosmos-tui${extras} into $VENV (first run: a few minutes) ..." >&2
+    "$PY" -m pip install --disable-pip-version-check -e ".${extras}"
     touch "$stamp"
 fi
 case "$what" in

@@ -4,6 +4,8 @@ best-of-N. Each checks what the guide says gets written and the exit status."""
 
 from __future__ import annotations
 
+import contextlib
+import io as io_
 import json
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import imageio.v3 as iio
 import pytest
 
 from engine import io, resolutions
+from engine.cli_args import main
 from tests.tiny import small_video
 
 pytestmark = pytest.mark.slow
@@ -19,7 +22,21 @@ pytestmark = pytest.mark.slow
 COMMON = ["--model_size", "tiny", "--num_steps", "1", "--disable_guardrail", "--disable_prompt_refiner"]
 
 
+MODES = {"engine.video2world": "video2world", "engine.video2world_lvg": "lvg",
+         "engine.video2world_bestofn": "bestofn"}
+
+
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m module COMMON args`, in this process: `python -m engine.X` is exactly
+    `cli_args.main(mode, argv)` plus `sys.exit`, and a new interpreter costs ~8 s of imports (torch,
+    transformers) per command on a 2-core box. `run_subprocess` below keeps the real `-m` path covered."""
+    out, err = io_.StringIO(), io_.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(MODES[module], [*COMMON, *args])
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *COMMON, *args], capture_output=True, text=True,
                           timeout=300)
 
@@ -58,7 +75,7 @@ def test_batch_json_runs_the_good_entries_and_names_the_bad_one(tmp_path):
 def test_long_video(tmp_path):
     img = str(io.ensure_demo_input(tmp_path / "in.png"))
     out = tmp_path / "lvg.mp4"
-    r = run("engine.video2world_lvg", "--input_path", img, "--prompt", "a long drive", "--num_chunks", "2",
+    r = run_subprocess("engine.video2world_lvg", "--input_path", img, "--prompt", "a long drive", "--num_chunks", "2",
             "--save_path", str(out))
     assert r.returncode == 0, r.stderr
     assert iio.imread(out).shape[0] == resolutions.lvg_total_frames(2, 1, model_size="tiny")
