@@ -93,8 +93,8 @@ class Video2WorldPipeline:
         if self.device.type != "cuda" or not (self.spec.compile_dit or self.spec.use_cuda_graphs):
             return
         mode = "reduce-overhead" if self.spec.use_cuda_graphs else None
-        for block in getattr(self.dit, "dit", self.dit).blocks:  # through a ContextParallel wrapper
-            block.compile(dynamic=False, mode=mode)
+        blocks = getattr(self.dit, "dit", self.dit).blocks  # through a ContextParallel wrapper
+        compile_blocks(blocks, mode=mode)
         self.ev.log(f"DiT blocks compiled lazily ({mode or 'default'} mode); the first step includes compilation")
 
     @property
@@ -280,3 +280,18 @@ def get_pipeline(spec: GenerationSpec, emit: events.Emit | None = None,
     pipe.spec = spec  # per-job fields (prompt, seed, offload flags...) come from the new spec
     pipe.set_emit(emit)
     return pipe
+
+
+def compile_blocks(blocks, mode: str | None = None, backend: str = "inductor") -> None:
+    """Compile each DiT block with static shapes. All blocks share one code object, so dynamo keeps one
+    cache entry per distinct kind of layer (dense, and each NATTEN window pattern: up to 6 in the released
+    -natten nets) and per token grid; its default recompile limit of 8 would send the rest to eager. The
+    limit is raised to what this net needs, no more, so a real recompile storm still shows."""
+    import torch._dynamo
+
+    kinds = {repr(getattr(getattr(b, "self_attn", None), "attn_op", None).__dict__) for b in blocks}
+    need = 2 * len(kinds) + 2  # a CFG batch and a batch of 1 per kind, plus slack
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, need)
+    for block in blocks:
+        block.compile(dynamic=False, mode=mode, backend=backend)
+

@@ -115,6 +115,13 @@ def _strided_na(q, k, v, window, stride, backend, max_gather):
     return out.reshape(B, T, H, W, N, D)
 
 
+# Kept out of torch.compile: the body is host-side planning (window starts, cached index tensors) around
+# gathers and SDPA calls, nothing inductor could fuse. Traced, every window start and chunk size became a
+# guard (`len(starts)`, `starts[i][j] == ...`, the batch size of each gathered chunk), so dynamo recompiled
+# on every layer until it hit its recompile limit and fell back to eager for the whole block (seen on the
+# H200 with the 2B NATTEN patterns). Disabled, the compiled block breaks its graph here once, with the
+# same guards on every step.
+@torch.compiler.disable
 def neighborhood_attention(
     q: torch.Tensor,
     k: torch.Tensor,
