@@ -93,8 +93,7 @@ class Video2WorldPipeline:
         if self.device.type != "cuda" or not (self.spec.compile_dit or self.spec.use_cuda_graphs):
             return
         mode = "reduce-overhead" if self.spec.use_cuda_graphs else None
-        blocks = getattr(self.dit, "dit", self.dit).blocks  # through a ContextParallel wrapper
-        compile_blocks(blocks, mode=mode)
+        self.dit = compile_dit(self.dit, mode=mode)
         self.ev.log(f"DiT blocks compiled lazily ({mode or 'default'} mode); the first step includes compilation")
 
     @property
@@ -280,6 +279,38 @@ def get_pipeline(spec: GenerationSpec, emit: events.Emit | None = None,
     pipe.spec = spec  # per-job fields (prompt, seed, offload flags...) come from the new spec
     pipe.set_emit(emit)
     return pipe
+
+
+class CudaGraphSteps(torch.nn.Module):
+    """Starts a new CUDA-graph step before every denoiser call. Under "reduce-overhead" the outputs of one
+    replay live in the graph's memory pool until the next step begins; the sampler keeps each call's
+    result (x0, AB2's previous x0) only as new tensors computed from it, so a step per call is safe."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.dit = net  # the name ContextParallel uses too, so `getattr(x, "dit", x)` finds the net
+
+    def forward(self, *args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.dit(*args, **kwargs)
+
+
+def compile_dit(net: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> torch.nn.Module:
+    """The DiT compiled for speed; returns what to call instead of `net`.
+
+    Default: each block compiled on its own (one graph shared by all blocks of a kind, static shapes).
+    "reduce-overhead" (CUDA graphs, --use_cuda_graphs) compiles the whole forward instead: with per-block
+    graphs, block i+1 replays the graph block i just wrote its output into, while the residual stream
+    still needs it ("accessing tensor output of CUDAGraphs that has been overwritten", seen on the H200).
+    """
+    if mode == "reduce-overhead":
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
+        net.compile(dynamic=False, mode=mode, backend=backend)
+        return CudaGraphSteps(net)
+    compile_blocks(getattr(net, "dit", net).blocks, mode=mode, backend=backend)  # through ContextParallel
+    return net
 
 
 def compile_blocks(blocks, mode: str | None = None, backend: str = "inductor") -> None:
