@@ -114,6 +114,12 @@ class Client:
         return self.request("submit_batch", specs=specs, preset=preset, priority=priority, base=base or {},
                             cwd=os.getcwd())
 
+    def submit_batch_partial(self, specs: list[dict], preset: str | None = None, priority: int = 0,
+                             base: dict | None = None) -> dict:
+        """Queue the good items, refuse the bad: {"ids": [...], "refused": [{"item": n, "error"}]}."""
+        return self.request("submit_batch", specs=specs, preset=preset, priority=priority, base=base or {},
+                            cwd=os.getcwd(), partial=True)
+
     def jobs(self, states: list[str] | None = None) -> list[dict]:
         return self.request("jobs", states=list(states) if states else None)
 

@@ -40,6 +40,8 @@ import traceback
 from pathlib import Path
 
 from cosmos_tui import paths
+from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
+from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import TERMINAL, Store, StoreError
 
 PROTOCOL_VERSION = 1
@@ -509,6 +511,9 @@ class Daemon:
         try:
             self.store.update(job, state=state, **cols)
             self.unsaved.pop(job, None)
+        except TransitionError as err:
+            _log(f"refused state change: {err}")  # a bug or a race: the stored state stands
+            return
         except Exception as err:
             _log(f"could not store job {job} becoming {state}:\n" + traceback.format_exc())
             note = f"could not store the change of state ({type(err).__name__}: {err})"
@@ -641,35 +646,13 @@ class Daemon:
         return jid
 
     def _resolve(self, overrides, preset: str | None, source: str = "") -> dict:
-        from engine.spec import SpecError, spec_from_dict
+        return resolve_spec(overrides, preset, self.gpu_count, source)
 
-        if overrides is None:
-            overrides = {}
-        if not isinstance(overrides, dict):
-            raise RequestError(f"{source}spec: expected a JSON object of spec fields, got {type(overrides).__name__}")
-        base: dict = {}
-        if preset:
-            try:
-                from cosmos_tui.presets import load_preset
-            except ImportError:
-                raise RequestError("presets are not available in this installation (cosmos_tui.presets is missing)") from None
-            try:
-                p = load_preset(preset)
-            except ValueError as err:  # PresetError
-                raise RequestError(str(err)) from None
-            if p.spec is None:
-                raise RequestError(f"preset {preset!r} is invalid: {p.error}")
-            base = dict(p.overrides)
-        try:
-            spec = spec_from_dict({**base, **overrides}, source=source.rstrip(": "))
-        except SpecError as err:
-            raise RequestError(str(err)) from None
-        if spec.num_gpus > self.gpu_count:
-            raise RequestError(
-                f"{source}num_gpus: {spec.num_gpus} GPUs asked for but this machine has {self.gpu_count}; "
-                f"set num_gpus to at most {self.gpu_count}"
-            )
-        return spec.model_dump(mode="json")
+    def _checked(self, overrides, preset: str | None, cwd: str | None, claimed: set[str], source: str = "") -> dict:
+        spec = self._resolve(overrides, preset, source)
+        check_inputs(spec, cwd, source)
+        check_save_path(spec, cwd, claimed, source)
+        return spec
 
     def _priority(self, req: dict) -> int:
         p = req.get("priority", 0)
@@ -688,27 +671,39 @@ class Daemon:
                 "started": self.started, "warnings": self.warnings}
 
     def op_submit(self, req):
-        spec = self._resolve(req.get("spec"), req.get("preset"))
-        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), self._cwd(req))
+        cwd = self._cwd(req)
+        spec = self._checked(req.get("spec"), req.get("preset"), cwd, self.store.claimed_paths())
+        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), cwd)
         self._job_log(jid, f"job {jid} queued" + (f" from preset {req.get('preset')}" if req.get("preset") else ""))
         self.broadcast_state(jid, "queued")
         self.wake.set()
         return jid
 
     def op_submit_batch(self, req):
+        """All or none; with `partial`, the good items are queued and the bad ones listed:
+        {"ids": [...], "refused": [{"item": n, "error": "..."}]}."""
         specs = req.get("specs")
         if not isinstance(specs, list) or not specs:
             raise RequestError("specs: expected a non-empty list of spec objects")
         base = req.get("base") or {}
         if not isinstance(base, dict):
             raise RequestError("base: expected a JSON object of spec fields")
-        resolved = [self._resolve({**base, **(s if isinstance(s, dict) else {"_": s})}, req.get("preset"),
-                                  source=f"item {i + 1}: ") for i, s in enumerate(specs)]
-        ids = self.store.add_jobs(resolved, req.get("preset"), self._priority(req), self._cwd(req))
+        cwd, priority = self._cwd(req), self._priority(req)
+        claimed = self.store.claimed_paths()
+        good, refused = [], []
+        for i, s in enumerate(specs):
+            try:
+                good.append(self._checked({**base, **(s if isinstance(s, dict) else {"_": s})}, req.get("preset"),
+                                          cwd, claimed, source=f"item {i + 1}: "))
+            except SubmitError as err:
+                refused.append({"item": i + 1, "error": str(err)})
+        if refused and not req.get("partial"):
+            raise RequestError("; ".join(r["error"] for r in refused))
+        ids = self.store.add_jobs(good, req.get("preset"), priority, cwd) if good else []
         for jid in ids:
             self.broadcast_state(jid, "queued")
         self.wake.set()
-        return ids
+        return {"ids": ids, "refused": refused} if req.get("partial") else ids
 
     def op_jobs(self, req):
         states = req.get("states")
@@ -868,7 +863,7 @@ class Daemon:
                         if asyncio.iscoroutine(result):
                             result = await result
                         resp = {"ok": True, "result": result}
-                    except RequestError as err:
+                    except (RequestError, SubmitError, TransitionError) as err:
                         resp = {"ok": False, "error": str(err)}
                     except Exception as err:  # a bug must not take the queue down with it
                         _log(f"error in {op}:\n" + traceback.format_exc())

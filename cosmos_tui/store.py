@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
+from cosmos_tui.queue.state import TERMINAL_STATES, JobState, check_transition
+
+STATES = tuple(s.value for s in JobState)
+TERMINAL = tuple(s.value for s in JobState if s in TERMINAL_STATES)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -298,6 +300,10 @@ class Store:
                 self._place(cur.lastrowid, priority, front)
         return ids
 
+    def claimed_paths(self) -> set[str]:
+        """Every save_path a job of the queue has (resolved against its cwd)."""
+        return self._claimed_paths()
+
     def _claimed_paths(self) -> set[str]:
         return {_resolved_save_path(json.loads(spec), cwd)
                 for spec, cwd in self.db.execute("SELECT spec, cwd FROM jobs")}
@@ -356,6 +362,10 @@ class Store:
             raise ValueError(f"unknown job state {cols['state']!r}")
         names = ", ".join(f"{k}=?" for k in cols)
         with self._tx():
+            if "state" in cols:
+                row = self.db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+                if row is not None:
+                    check_transition(job_id, row["state"], cols["state"])
             self.db.execute(f"UPDATE jobs SET {names} WHERE id=?", (*cols.values(), job_id))
 
     def move(self, job_id: int, offset: int = 0, to: int | None = None) -> int:

@@ -49,9 +49,12 @@ def test_submit_ls_show_logs(daemon, tmp_path, wait_until):
     assert "finished" in cli("logs", "-f", jid).output  # returns because the job has ended
 
 
-def test_batch_file_makes_one_job_per_entry(daemon, tmp_path):
+def test_batch_file_makes_one_job_per_entry(daemon, tmp_path, monkeypatch):
     daemon.pause()
     batch = tmp_path / "batch.json"
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    (tmp_path / "b.jpg").write_bytes(b"jpeg")
+    monkeypatch.chdir(tmp_path)
     batch.write_text(json.dumps([
         {"input_video": "a.jpg", "prompt": "first", "output_video": "o1.mp4"},
         {"input_video": "b.jpg", "prompt": "second", "output_video": "o2.mp4"},
@@ -65,12 +68,13 @@ def test_batch_file_makes_one_job_per_entry(daemon, tmp_path):
 
 
 def test_errors_are_one_line_and_exit_nonzero(daemon, tmp_path):
+    # one exit code for user mistakes: 2
     res = cli("submit", "no-such-preset", ok=False)
-    assert res.exit_code == 1 and "preset 'no-such-preset' not found" in res.output
+    assert res.exit_code == 2 and "preset 'no-such-preset' not found" in res.output
     res = cli("submit", "--set", "colour=red", ok=False)
-    assert res.exit_code == 1 and "colour: unknown key" in res.output
+    assert res.exit_code == 2 and "colour: unknown key" in res.output
     res = cli("cancel", 77, ok=False)
-    assert res.exit_code == 1 and "job 77 does not exist" in res.output
+    assert res.exit_code == 2 and "job 77 does not exist" in res.output
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     res = cli("submit", "--batch", bad, ok=False)
@@ -122,7 +126,7 @@ def test_presets_list_show_new(tmp_path):
     assert "my-tiny.toml" in out
     assert '"seed": 5' in cli("presets", "show", "my-tiny").output
     res = cli("presets", "new", "bad", "--set", "fps=11", ok=False)
-    assert res.exit_code == 1 and "fps" in res.output
+    assert res.exit_code == 2 and "fps" in res.output
 
 
 @pytest.mark.slow
