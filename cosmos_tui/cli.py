@@ -52,25 +52,45 @@ def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
 
 
+USER_MISTAKE = 2  # one exit code for every error a user can cause, as the seed scripts
+
+
 def friendly(fn):
-    """Turn the errors a user can cause into one line on stderr and exit code 1."""
+    """Turn the errors a user can cause into one line on stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from engine.spec import SpecError
+        from cosmos_tui.presets import PresetError
+        from cosmos_tui.queue.resolve import SubmitError
+        from engine.spec import InputError, SpecError
 
         try:
             return fn(*args, **kwargs)
-        except (DaemonError, SpecError) as err:
-            _err(str(err))
-            raise typer.Exit(1)
-        except ValueError as err:
-            if type(err).__name__ == "PresetError":
-                _err(str(err))
-                raise typer.Exit(1)
-            raise
+        except (DaemonError, SpecError, InputError, PresetError, SubmitError) as err:
+            _err(safe_text(str(err), keep_newlines=True))
+            raise typer.Exit(USER_MISTAKE)
 
     return wrapper
+
+
+# -- user text on the terminal --
+
+# C0 controls, DEL and C1 controls: ESC starts OSC 52 (clipboard), title and cursor sequences
+_CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def safe_text(value, keep_newlines: bool = False) -> str:
+    """A prompt, path or error as printable text: control characters replaced, undecodable bytes
+    (surrogate escapes) shown as U+FFFD, so user text never drives the terminal."""
+    text = "" if value is None else str(value)
+    table = dict(_CONTROL)
+    table[0x09] = " "
+    if keep_newlines:
+        table.pop(0x0A)
+    else:
+        table[0x0A] = " "
+    text = text.translate(table)
+    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
 # -- --set parsing --
@@ -102,6 +122,10 @@ def parse_sets(items: List[str]) -> dict:
             raise typer.BadParameter(f"{item!r}: write --set key=value, e.g. --set seed=3", param_hint="--set")
         if _is_text_field(key):
             out[key] = value
+            if key in ("prompt", "negative_prompt"):
+                from cosmos_tui.queue.resolve import clean_text
+
+                out[key] = clean_text(value)  # argv bytes that were not UTF-8
             continue
         try:
             out[key] = json.loads(value)
@@ -121,12 +145,12 @@ def batch_items(path: Path) -> list[dict]:
         raise typer.BadParameter(f"{path} is not valid JSON ({err})", param_hint="--batch") from None
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
         raise typer.BadParameter(f"{path}: expected a JSON list of objects", param_hint="--batch")
+    return [_renamed(entry) for entry in data]
+
+
+def _renamed(entry: dict) -> dict:
     renames = {"input_video": "input_path", "input_image": "input_path", "output_video": "save_path"}
-    items = []
-    for i, entry in enumerate(data):
-        item = {renames.get(k, k): v for k, v in entry.items()}
-        items.append(item)
-    return items
+    return {renames.get(k, k): v for k, v in entry.items()}
 
 
 # -- the TUI --
@@ -164,10 +188,29 @@ def submit(
 
     Example: cosmos-tui submit tiny-cpu --set prompt="a red kite" --set seed=3
     """
+    from cosmos_tui.queue.resolve import batch_entry_problem
+
     overrides = parse_sets(set_)
     client = Client.connect()
+    refused: list[tuple[int, str]] = []
     if batch is not None:
-        ids = client.submit_batch(batch_items(batch), preset=preset, priority=priority, base=overrides)
+        items = batch_items(batch)
+        numbered = []
+        for n, item in enumerate(items, 1):
+            problem = batch_entry_problem(item)
+            if problem:
+                refused.append((n, f"item {n}: {problem}"))
+            else:
+                numbered.append((n, item))
+        ids = []
+        if numbered:
+            got = client.submit_batch_partial([it for _, it in numbered], preset=preset, priority=priority,
+                                              base=overrides)
+            ids = got["ids"]
+            # the daemon numbers the items it was sent; name them as the file does
+            for r in got["refused"]:
+                n = numbered[r["item"] - 1][0]
+                refused.append((n, r["error"].replace(f"item {r['item']}: ", f"item {n}: ", 1)))
     else:
         ids = [client.submit(overrides, preset=preset, priority=priority)]
     if as_json:
@@ -175,6 +218,12 @@ def submit(
     else:
         for jid in ids:
             typer.echo(f"queued job {jid}")
+    if refused:
+        for _, error in sorted(refused):
+            _err(safe_text(error))
+        _err(f"{len(refused)} of the batch's entries were refused (listed above), {len(ids)} queued; fix the "
+             f"entries and submit them again")
+        raise typer.Exit(USER_MISTAKE)
 
 
 def _progress(j: dict) -> str:
@@ -203,7 +252,9 @@ def ls_(
         typer.echo(json.dumps(jobs, default=str))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     q = client.queue()
     table = Table(box=None, pad_edge=False)
@@ -211,12 +262,19 @@ def ls_(
         table.add_column(col, no_wrap=col != "PROMPT", overflow="ellipsis")
     for j in jobs:
         state_txt = j["state"] + (f" ({j['reason']})" if j["state"] == "failed" and j.get("reason") else "")
-        table.add_row(str(j["id"]), state_txt, j["mode"], j.get("preset") or "", _progress(j), _eta(j.get("eta_s")),
-                      ",".join(map(str, j.get("gpus") or [])), (j.get("prompt") or "")[:60])
+        # Text, not markup strings: a prompt holding "[/red]" is the user's words, not styling
+        cells = [str(j["id"]), state_txt, j["mode"], j.get("preset") or "", _progress(j), _eta(j.get("eta_s")),
+                 ",".join(map(str, j.get("gpus") or [])), (j.get("prompt") or "")[:60]]
+        table.add_row(*(Text(safe_text(c)) for c in cells))
     console = Console()
     if q["paused"]:
-        console.print(f"[yellow]queue paused[/]: {q.get('reason') or ''}")
+        console.print(f"[yellow]queue paused[/]: {escape(safe_text(q.get('reason') or ''))}")
+    for w in q.get("warnings") or []:
+        console.print(f"[red]warning[/]: {escape(safe_text(w))}")
+    failed = [j for j in jobs if j["state"] == "failed" and j.get("error")]
     console.print(table if jobs else "no jobs")
+    for j in failed[:5]:
+        console.print(Text(safe_text(f"job {j['id']} failed: {j['error']}")))
 
 
 @app.command()
@@ -250,7 +308,7 @@ def show(job_id: int = typer.Argument(..., metavar="ID"),
     for c in j.get("critic") or []:
         lines.append(f"critic: {c.get('video')} trial {c.get('trial')} score {c.get('score')}")
     lines.append(f"log: {j['log_path']}")
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(safe_text(line) for line in lines))
 
 
 @app.command()
@@ -422,8 +480,8 @@ def run(
             _err("interrupted")
             raise typer.Exit(130)
         except InputError as err:
-            _err(str(err))
-            raise typer.Exit(1)
+            _err(safe_text(str(err)))
+            raise typer.Exit(USER_MISTAKE)
     for p in outputs or []:
         typer.echo(p)
 

@@ -51,7 +51,25 @@ class Client:
 
     # -- transport --
 
+    def _check_owner(self) -> None:
+        """A socket (or its directory) of another user, or behind a symlink, could be someone
+        catching our submits: refuse to talk to it."""
+        import stat
+
+        for p in (self.socket_path.parent, self.socket_path):
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                return  # nothing there: connect() says the daemon is not running
+            if stat.S_ISLNK(st.st_mode):
+                raise DaemonError(f"{p} is a symbolic link, which cosmos-tui never makes; someone may be "
+                                  f"intercepting the daemon's socket: remove it and start the daemon again")
+            if st.st_uid != os.getuid():
+                raise DaemonError(f"{p} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); it is not "
+                                  f"your daemon's: remove it or set COSMOS_TUI_HOME to a directory of your own")
+
     def _open(self, timeout: float | None) -> socket.socket:
+        self._check_owner()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
@@ -95,6 +113,12 @@ class Client:
         """One job per item of `specs` (each merged over `base` over the preset); all or none."""
         return self.request("submit_batch", specs=specs, preset=preset, priority=priority, base=base or {},
                             cwd=os.getcwd())
+
+    def submit_batch_partial(self, specs: list[dict], preset: str | None = None, priority: int = 0,
+                             base: dict | None = None) -> dict:
+        """Queue the good items, refuse the bad: {"ids": [...], "refused": [{"item": n, "error"}]}."""
+        return self.request("submit_batch", specs=specs, preset=preset, priority=priority, base=base or {},
+                            cwd=os.getcwd(), partial=True)
 
     def jobs(self, states: list[str] | None = None) -> list[dict]:
         return self.request("jobs", states=list(states) if states else None)

@@ -40,6 +40,8 @@ import traceback
 from pathlib import Path
 
 from cosmos_tui import paths
+from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
+from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import TERMINAL, Store, StoreError
 
 PROTOCOL_VERSION = 1
@@ -176,6 +178,26 @@ class Engine:
             await asyncio.wait_for(self.proc.wait(), grace)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn for engines: the kernel SIGKILLs the child when the daemon dies, however it dies
+    (an engine that never reads its stdin would otherwise hold its GPUs with no daemon)."""
+
+    def set_pdeathsig() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the daemon died before the prctl took effect
+            os._exit(1)
+
+    return set_pdeathsig
+
+
 def _is_our_engine(pid: int, home: Path) -> bool:
     marker = f"COSMOS_TUI_ENGINE_OF={home}".encode()
     try:
@@ -200,8 +222,10 @@ class Daemon:
         self.wake = asyncio.Event()
         self.stopped = asyncio.Event()
         self.warnings: list[str] = []
+        # state changes the store could not take (disk full): shown to clients until stored
+        self.unsaved: dict[int, dict] = {}
         self.started = time.time()
-        paths.log_dir().mkdir(parents=True, exist_ok=True)
+        paths.ensure_log_dir()
 
     # -- start-up and shutdown --
 
@@ -254,6 +278,15 @@ class Daemon:
             except Exception:
                 _log("scheduler error:\n" + traceback.format_exc())
 
+    async def watch_store(self, interval: float = 2.0) -> None:
+        """Between writes, too: a deleted jobs.db is noticed while the queue is idle."""
+        while not self.stopped.is_set():
+            await asyncio.sleep(interval)
+            try:
+                self.store.check_file()
+            except Exception:
+                _log("checking the job database failed:\n" + traceback.format_exc())
+
     def busy_gpus(self) -> set[int]:
         return {g for e in self.engines if e.job is not None for g in e.gpus}
 
@@ -298,6 +331,7 @@ class Daemon:
         cmd = engine_command(num_gpus)
         proc = await asyncio.create_subprocess_exec(
             *cmd,
+            preexec_fn=_die_with_parent(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -316,10 +350,11 @@ class Daemon:
 
     def start_job(self, job: dict, eng: Engine) -> None:
         jid = job["id"]
-        eng.job = jid
         eng.cancelling = False
+        # stored before it is sent: a job that could not be marked running must not run unrecorded
         self.store.update(jid, state="running", started=time.time(), gpus=eng.gpus, engine_pid=eng.pid,
                           step=None, total_steps=None, error=None, reason=None)
+        eng.job = jid
         self._job_log(jid, f"job {jid} starts on GPUs {eng.gpus} (engine pid {eng.pid})")
         self.broadcast_state(jid, "running")
         try:
@@ -402,6 +437,33 @@ class Daemon:
         if eng.cancelling and kind in ("finished", "failed"):
             return  # the kill decides: cancelled
         ev.setdefault("t", time.time())
+        try:
+            self._record_event(job, kind, ev)
+        except Exception as err:
+            # a job whose events can't be stored must not hold its GPUs forever: stop it, say why
+            _log(f"could not record a {kind!r} event of job {job}:\n" + traceback.format_exc())
+            self._abandon_job(eng, job, f"could not record the engine's {kind!r} event ({type(err).__name__}: "
+                                        f"{err}); check the disk under {self.home}, then retry the job")
+            return
+        self.broadcast(ev)
+        if kind == "finished":
+            eng.job = None
+            self._set_state(job, "done", finished=time.time())
+            self.wake.set()
+        elif kind == "failed":
+            eng.job = None
+            reason = ev.get("reason") or "crash"
+            if reason == "cancelled":
+                self.finish_cancelled(job)
+            else:
+                self.fail_job(job, ev.get("error") or "failed", reason, stored=True)
+            if reason == "oom":
+                # a fresh process gives the next job the whole GPU back, fragmentation included
+                self.engines.remove(eng)
+                asyncio.create_task(eng.kill(grace=2.0))
+            self.wake.set()
+
+    def _record_event(self, job: int, kind: str, ev: dict) -> None:
         self.store.add_event(job, ev)
         self._job_log(job, _describe(ev))
         cols: dict = {}
@@ -429,51 +491,81 @@ class Daemon:
             self.store.add_output(job, str(ev["path"]), ev.get("kind") or "video")
         elif kind == "critic":
             self.store.add_critic(job, ev)
-        if cols:
-            self.store.update(job, **cols)
-        self.broadcast(ev)
-        if kind == "finished":
+        elif kind == "finished":
             for p in ev.get("outputs") or []:
                 self.store.add_output(job, str(p), "video")
-            eng.job = None
-            self.store.update(job, state="done", finished=time.time())
-            self.broadcast_state(job, "done")
-            self.wake.set()
-        elif kind == "failed":
-            eng.job = None
-            reason = ev.get("reason") or "crash"
-            if reason == "cancelled":
-                self.finish_cancelled(job)
+        if cols:
+            self.store.update(job, **cols)
+
+    def _abandon_job(self, eng: Engine, job: int, error: str) -> None:
+        eng.job = None
+        if eng in self.engines:
+            self.engines.remove(eng)
+        asyncio.create_task(eng.kill(grace=2.0))
+        self.fail_job(job, error, "crash")
+        self.wake.set()
+
+    def _set_state(self, job: int, state: str, **cols) -> None:
+        """Persist a state change; when the store can't take it, keep it in memory and warn, so the
+        queue moves on and `ls` shows the truth until the daemon restarts."""
+        try:
+            self.store.update(job, state=state, **cols)
+            self.unsaved.pop(job, None)
+        except TransitionError as err:
+            _log(f"refused state change: {err}")  # a bug or a race: the stored state stands
+            return
+        except Exception as err:
+            _log(f"could not store job {job} becoming {state}:\n" + traceback.format_exc())
+            note = f"could not store the change of state ({type(err).__name__}: {err})"
+            if cols.get("error"):
+                cols["error"] = f"{cols['error']}; {note}"
             else:
-                self.fail_job(job, ev.get("error") or "failed", reason, stored=True)
-            if reason == "oom":
-                # a fresh process gives the next job the whole GPU back, fragmentation included
-                self.engines.remove(eng)
-                asyncio.create_task(eng.kill(grace=2.0))
-            self.wake.set()
+                cols["error"] = note
+            self.unsaved[job] = {"state": state, **cols}
+            self._warn(f"the job database could not be written ({err}); job {job} is {state} in memory only; "
+                       f"free space under {self.home}")
+        self.broadcast_state(job, state)
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            _log("warning: " + message)
+            self.broadcast({"event": "queue", "job": None, "t": time.time(), "paused": self.paused,
+                            "reason": self.store.get_meta("pause_reason") if self._store_readable() else None,
+                            "warnings": self.warnings})
+
+    def _store_readable(self) -> bool:
+        try:
+            self.store.get_meta("paused")
+            return True
+        except Exception:
+            return False
+
+    def _safely(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as err:
+            _log(f"could not {what}: {type(err).__name__}: {err}")
 
     # -- job state changes --
 
     def fail_job(self, job: int, error: str, reason: str, stored: bool = False) -> None:
         if not stored:
             ev = {"event": "failed", "job": job, "t": time.time(), "error": error, "reason": reason}
-            self.store.add_event(job, ev)
+            self._safely(f"store the failure of job {job}", self.store.add_event, job, ev)
             self._job_log(job, _describe(ev))
             self.broadcast(ev)
-        self.store.update(job, state="failed", finished=time.time(), error=error, reason=reason)
-        self.broadcast_state(job, "failed")
+        self._set_state(job, "failed", finished=time.time(), error=error, reason=reason)
         if reason == "oom":
-            self.set_paused(True, f"job {job} ran out of GPU memory; change its settings (or free the GPU), "
-                                  f"then resume the queue")
+            self._safely("pause the queue", self.set_paused, True,
+                         f"job {job} ran out of GPU memory; change its settings (or free the GPU), then resume the queue")
 
     def finish_cancelled(self, job: int) -> None:
         ev = {"event": "failed", "job": job, "t": time.time(), "error": "cancelled on request", "reason": "cancelled"}
-        self.store.add_event(job, ev)
+        self._safely(f"store the cancellation of job {job}", self.store.add_event, job, ev)
         self._job_log(job, _describe(ev))
         self.broadcast(ev)
-        self.store.update(job, state="cancelled", finished=time.time(), error="cancelled on request",
-                          reason="cancelled")
-        self.broadcast_state(job, "cancelled")
+        self._set_state(job, "cancelled", finished=time.time(), error="cancelled on request", reason="cancelled")
 
     # -- watchers and logs --
 
@@ -492,9 +584,10 @@ class Daemon:
 
     def _append(self, path: Path, text: str) -> None:
         try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(text + "\n")
-        except OSError as err:
+            # backslashreplace: a non-UTF-8 path or prompt in an event must not stop the logging
+            with paths.open_append(path) as f:
+                f.write((text + "\n").encode("utf-8", "backslashreplace"))
+        except (OSError, ValueError) as err:
             _log(f"cannot write {path}: {err}")
 
     def _job_log(self, job: int | None, text: str) -> None:
@@ -507,6 +600,7 @@ class Daemon:
     # -- job dicts for clients --
 
     def job_dict(self, row: dict, place: int | None = None) -> dict:
+        row = {**row, **self.unsaved.get(row["id"], {})}
         spec = row["spec"]
         d = {k: row[k] for k in (
             "id", "state", "mode", "preset", "prompt", "spec", "created", "started", "finished", "step",
@@ -552,35 +646,13 @@ class Daemon:
         return jid
 
     def _resolve(self, overrides, preset: str | None, source: str = "") -> dict:
-        from engine.spec import SpecError, spec_from_dict
+        return resolve_spec(overrides, preset, self.gpu_count, source)
 
-        if overrides is None:
-            overrides = {}
-        if not isinstance(overrides, dict):
-            raise RequestError(f"{source}spec: expected a JSON object of spec fields, got {type(overrides).__name__}")
-        base: dict = {}
-        if preset:
-            try:
-                from cosmos_tui.presets import load_preset
-            except ImportError:
-                raise RequestError("presets are not available in this installation (cosmos_tui.presets is missing)") from None
-            try:
-                p = load_preset(preset)
-            except ValueError as err:  # PresetError
-                raise RequestError(str(err)) from None
-            if p.spec is None:
-                raise RequestError(f"preset {preset!r} is invalid: {p.error}")
-            base = dict(p.overrides)
-        try:
-            spec = spec_from_dict({**base, **overrides}, source=source.rstrip(": "))
-        except SpecError as err:
-            raise RequestError(str(err)) from None
-        if spec.num_gpus > self.gpu_count:
-            raise RequestError(
-                f"{source}num_gpus: {spec.num_gpus} GPUs asked for but this machine has {self.gpu_count}; "
-                f"set num_gpus to at most {self.gpu_count}"
-            )
-        return spec.model_dump(mode="json")
+    def _checked(self, overrides, preset: str | None, cwd: str | None, claimed: set[str], source: str = "") -> dict:
+        spec = self._resolve(overrides, preset, source)
+        check_inputs(spec, cwd, source)
+        check_save_path(spec, cwd, claimed, source)
+        return spec
 
     def _priority(self, req: dict) -> int:
         p = req.get("priority", 0)
@@ -599,27 +671,39 @@ class Daemon:
                 "started": self.started, "warnings": self.warnings}
 
     def op_submit(self, req):
-        spec = self._resolve(req.get("spec"), req.get("preset"))
-        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), self._cwd(req))
+        cwd = self._cwd(req)
+        spec = self._checked(req.get("spec"), req.get("preset"), cwd, self.store.claimed_paths())
+        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), cwd)
         self._job_log(jid, f"job {jid} queued" + (f" from preset {req.get('preset')}" if req.get("preset") else ""))
         self.broadcast_state(jid, "queued")
         self.wake.set()
         return jid
 
     def op_submit_batch(self, req):
+        """All or none; with `partial`, the good items are queued and the bad ones listed:
+        {"ids": [...], "refused": [{"item": n, "error": "..."}]}."""
         specs = req.get("specs")
         if not isinstance(specs, list) or not specs:
             raise RequestError("specs: expected a non-empty list of spec objects")
         base = req.get("base") or {}
         if not isinstance(base, dict):
             raise RequestError("base: expected a JSON object of spec fields")
-        resolved = [self._resolve({**base, **(s if isinstance(s, dict) else {"_": s})}, req.get("preset"),
-                                  source=f"item {i + 1}: ") for i, s in enumerate(specs)]
-        ids = self.store.add_jobs(resolved, req.get("preset"), self._priority(req), self._cwd(req))
+        cwd, priority = self._cwd(req), self._priority(req)
+        claimed = self.store.claimed_paths()
+        good, refused = [], []
+        for i, s in enumerate(specs):
+            try:
+                good.append(self._checked({**base, **(s if isinstance(s, dict) else {"_": s})}, req.get("preset"),
+                                          cwd, claimed, source=f"item {i + 1}: "))
+            except SubmitError as err:
+                refused.append({"item": i + 1, "error": str(err)})
+        if refused and not req.get("partial"):
+            raise RequestError("; ".join(r["error"] for r in refused))
+        ids = self.store.add_jobs(good, req.get("preset"), priority, cwd) if good else []
         for jid in ids:
             self.broadcast_state(jid, "queued")
         self.wake.set()
-        return ids
+        return {"ids": ids, "refused": refused} if req.get("partial") else ids
 
     def op_jobs(self, req):
         states = req.get("states")
@@ -779,7 +863,7 @@ class Daemon:
                         if asyncio.iscoroutine(result):
                             result = await result
                         resp = {"ok": True, "result": result}
-                    except RequestError as err:
+                    except (RequestError, SubmitError, TransitionError) as err:
                         resp = {"ok": False, "error": str(err)}
                     except Exception as err:  # a bug must not take the queue down with it
                         _log(f"error in {op}:\n" + traceback.format_exc())
@@ -848,12 +932,19 @@ def _eta(d: dict) -> float | None:
 
 
 async def _serve(ready_fd: int | None) -> int:
+    db = paths.db_path()
+    missing_db = not db.exists() and paths.log_dir().is_dir() and any(paths.log_dir().glob("job-*.log"))
     try:
-        store = Store(paths.db_path())
-    except StoreError as err:
+        store = Store(db)
+    except (StoreError, paths.UnsafePathError) as err:
         _report(ready_fd, f"error: {err}")
         return 2
     daemon = Daemon(store)
+    store.on_warning = daemon._warn
+    if missing_db:
+        daemon._warn(f"the job database {db} was missing at start although job logs exist in {paths.log_dir()}; "
+                     f"the queue starts empty; restore the file from a backup (with the daemon stopped) to get "
+                     f"the old jobs back")
     warning = linger_warning()
     if warning:
         daemon.warnings.append(warning)
@@ -871,7 +962,7 @@ async def _serve(ready_fd: int | None) -> int:
         os.umask(old)
     os.chmod(sock, 0o600)
     os.chmod(run, 0o700)
-    paths.pid_path().write_text(f"{os.getpid()}\n")
+    paths.write_private_atomic(paths.pid_path(), f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(
@@ -881,6 +972,7 @@ async def _serve(ready_fd: int | None) -> int:
     _log(f"listening on {sock} (GPUs: {daemon.gpu_count}, backend {getattr(daemon.gpu, 'kind', '?')})")
     _report(ready_fd, "ok\n" + "\n".join(daemon.warnings))
     scheduler = asyncio.create_task(daemon.schedule_loop())
+    watchdog = asyncio.create_task(daemon.watch_store())
     daemon.wake.set()
     await daemon.stopped.wait()
     server.close()
@@ -889,6 +981,7 @@ async def _serve(ready_fd: int | None) -> int:
     with contextlib.suppress(FileNotFoundError):
         paths.pid_path().unlink()
     scheduler.cancel()
+    watchdog.cancel()
     store.close()
     _log("stopped")
     return 0
@@ -906,7 +999,7 @@ def _report(fd: int | None, message: str) -> None:
 
 def _take_lock():
     paths.ensure_run_dir()
-    f = open(paths.lock_path(), "a+")
+    f = os.fdopen(paths.open_private(paths.lock_path(), os.O_RDWR | os.O_CREAT), "r+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -918,7 +1011,12 @@ def _take_lock():
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     detach = "--detach" in argv
-    paths.ensure_home()
+    try:
+        paths.ensure_home()
+        paths.ensure_run_dir()
+    except paths.UnsafePathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     ready_fd = None
     if detach:
         r, w = os.pipe()
@@ -941,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(2)
         os.close(r)
         os.setsid()  # no controlling terminal, no SIGHUP from a dying SSH session or tmux
-        log = os.open(paths.daemon_log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log = paths.open_private(paths.daemon_log_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(log, 1)

@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
+from cosmos_tui.queue.state import TERMINAL_STATES, JobState, check_transition
+
+STATES = tuple(s.value for s in JobState)
+TERMINAL = tuple(s.value for s in JobState if s in TERMINAL_STATES)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -150,16 +152,67 @@ def check_database_file(path: Path) -> None:
 class Store:
     """One connection, one thread (the daemon's event loop). Rows come back as plain dicts."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, on_warning: Callable[[str], None] | None = None):
+        from cosmos_tui import paths
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for p in (self.path, *self._sidecars()):
+            # the queue holds prompts and paths: refuse planted links, tighten a 0644 file
+            paths.check_private_file(p)
         check_database_file(self.path)
+        if not self.path.exists():
+            # born 0600 (SQLite gives its -wal/-shm files the database's mode)
+            os.close(paths.open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        self.on_warning = on_warning
+        self.gone: str | None = None
+        self._open()
+        self._migrate()
+
+    def _sidecars(self) -> list[Path]:
+        return [self.path.with_name(self.path.name + s) for s in ("-wal", "-shm", "-journal")]
+
+    def _open(self) -> None:
         self.db = sqlite3.connect(str(self.path), isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)
+
+    def check_file(self) -> str | None:
+        """Notice the database file deleted or replaced under us (writes would go to a file nobody
+        will open again). A deleted file is written back from the open copy; a replaced one is left
+        alone and reported. Returns the warning, once, else None."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == self._ident:
+            return None
+        if st is None:
+            from cosmos_tui import paths
+
+            os.close(paths.open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            dst = sqlite3.connect(str(self.path))
+            try:
+                self.db.backup(dst)
+            finally:
+                dst.close()
+            self.db.close()
+            self._open()
+            message = (f"the job database {self.path} was deleted while the daemon ran; it was written back "
+                       f"from the daemon's open copy, nothing was lost")
+        else:
+            self._ident = (st.st_dev, st.st_ino)  # report once
+            message = (f"the job database {self.path} was replaced by another file while the daemon ran; the "
+                       f"daemon keeps writing the file it opened; stop it (cosmos-tui daemon stop --force) and "
+                       f"check which file is the right queue")
+        self.gone = message
+        if self.on_warning:
+            self.on_warning(message)
+        return message
 
     def close(self) -> None:
         self.db.close()
@@ -189,6 +242,8 @@ class Store:
                 self.db.execute("INSERT INTO schema_version VALUES (?, ?)", (number, time.time()))
 
     def _tx(self):
+        if not self.db.in_transaction:
+            self.check_file()
         return _Transaction(self.db)
 
     # -- jobs --
@@ -244,6 +299,10 @@ class Store:
                 ids.append(cur.lastrowid)
                 self._place(cur.lastrowid, priority, front)
         return ids
+
+    def claimed_paths(self) -> set[str]:
+        """Every save_path a job of the queue has (resolved against its cwd)."""
+        return self._claimed_paths()
 
     def _claimed_paths(self) -> set[str]:
         return {_resolved_save_path(json.loads(spec), cwd)
@@ -303,6 +362,10 @@ class Store:
             raise ValueError(f"unknown job state {cols['state']!r}")
         names = ", ".join(f"{k}=?" for k in cols)
         with self._tx():
+            if "state" in cols:
+                row = self.db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+                if row is not None:
+                    check_transition(job_id, row["state"], cols["state"])
             self.db.execute(f"UPDATE jobs SET {names} WHERE id=?", (*cols.values(), job_id))
 
     def move(self, job_id: int, offset: int = 0, to: int | None = None) -> int:

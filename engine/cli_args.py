@@ -57,7 +57,7 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("model", ["model_size", "resolution", "fps", "dit_path", "load_ema", "natten"]),
     ("inputs", ["prompt", "input_path", "negative_prompt", "aspect_ratio", "num_conditional_frames", "batch_input_json"]),
     ("sampling", ["guidance", "seed", "num_steps"]),
-    ("output", ["save_path"]),
+    ("output", ["save_path", "overwrite"]),
     ("runtime", ["num_gpus", "disable_guardrail", "offload_guardrail", "disable_prompt_refiner",
                  "offload_prompt_refiner", "offload_text_encoder", "downcast_text_encoder", "benchmark",
                  "use_cuda_graphs", "compile_dit", "attention_backend"]),
@@ -66,6 +66,7 @@ GROUPS: list[tuple[str, list[str]]] = [
 ]
 
 HELP: dict[str, str] = {
+    "overwrite": "replace a file at --save_path that no queued job wrote (the queue refuses it otherwise)",
     "model_size": "model: 2B or 14B checkpoints, or tiny (toy sizes, seeded random weights, runs on a CPU, no download)",
     "resolution": "output resolution class; the pixel size follows from it and --aspect_ratio",
     "fps": "16 fps models make 93-frame clips, 10 fps models 61 frames",

@@ -206,6 +206,8 @@ def serve(stdin=None, proto: Protocol | None = None) -> int:
     requests: "queue.Queue[dict | None]" = queue.Queue()
     state = {"job": None, "cancel": threading.Event()}
 
+    gone = threading.Event()
+
     def reader() -> None:
         for line in stdin:
             line = line.strip()
@@ -228,6 +230,9 @@ def serve(stdin=None, proto: Protocol | None = None) -> int:
                 requests.put(req)
             else:
                 _log(f"ignoring unknown op {op!r}")
+        # `gone` first, then the job check; serve() sets the job first, then checks `gone`: whichever
+        # comes second sees the other, so a request read together with the EOF never runs
+        gone.set()
         if state["job"] is not None:
             _log("stdin closed while a job runs: the daemon is gone, stopping the job's processes")
             _kill_own_group()
@@ -241,9 +246,13 @@ def serve(stdin=None, proto: Protocol | None = None) -> int:
         if req is None or req.get("op") == "exit":
             broadcast_request(None)
             break
-        broadcast_request(req)
         state["cancel"] = threading.Event()
         state["job"] = req.get("job")
+        if gone.is_set():
+            _log(f"job {state['job']} not started: stdin closed, the daemon is gone")
+            broadcast_request(None)
+            break
+        broadcast_request(req)
         _log(f"job {state['job']} starting")
         try:
             ok = run_one(req, proto, state["cancel"])
@@ -260,7 +269,26 @@ def serve(stdin=None, proto: Protocol | None = None) -> int:
     return 0
 
 
+def die_with_parent() -> None:
+    """Linux: be SIGKILLed when the parent dies. The daemon sets this on the process it starts; a
+    torchrun worker sets it itself, so a killed torchrun takes its ranks (and their GPUs) along."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getppid()
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
+    if os.environ.get("LOCAL_RANK") is not None and os.environ.get("COSMOS_TUI_ENGINE_OF"):
+        die_with_parent()
     rank = int(os.environ.get("RANK", "0"))
     if _multi_rank():
         from engine import parallel

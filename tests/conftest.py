@@ -65,10 +65,25 @@ def cosmos_home(monkeypatch):
     shutil.rmtree(home, ignore_errors=True)
 
 
+def make_default_input(directory: Path) -> Path:
+    """The spec's default input_path under `directory`: the queue checks inputs at submit, and
+    the fake engine never reads it, so a few bytes do."""
+    from engine.spec import GenerationSpec
+
+    path = directory / GenerationSpec.model_fields["input_path"].default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\xff\xd8\xff fake jpeg")
+    return path
+
+
 @pytest.fixture
 def fake_engine_env(monkeypatch, cosmos_home):
     monkeypatch.setenv("COSMOS_TUI_ENGINE_CMD", f"{sys.executable} {FAKE_ENGINE}")
     monkeypatch.setenv("COSMOS_TUI_GPU", "demo:2")
+    # submits from a directory that has the default input, as a user's project would
+    work = cosmos_home / "work"
+    make_default_input(work)
+    monkeypatch.chdir(work)
     return cosmos_home
 
 

@@ -49,9 +49,12 @@ def test_submit_ls_show_logs(daemon, tmp_path, wait_until):
     assert "finished" in cli("logs", "-f", jid).output  # returns because the job has ended
 
 
-def test_batch_file_makes_one_job_per_entry(daemon, tmp_path):
+def test_batch_file_makes_one_job_per_entry(daemon, tmp_path, monkeypatch):
     daemon.pause()
     batch = tmp_path / "batch.json"
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    (tmp_path / "b.jpg").write_bytes(b"jpeg")
+    monkeypatch.chdir(tmp_path)
     batch.write_text(json.dumps([
         {"input_video": "a.jpg", "prompt": "first", "output_video": "o1.mp4"},
         {"input_video": "b.jpg", "prompt": "second", "output_video": "o2.mp4"},
@@ -65,12 +68,13 @@ def test_batch_file_makes_one_job_per_entry(daemon, tmp_path):
 
 
 def test_errors_are_one_line_and_exit_nonzero(daemon, tmp_path):
+    # one exit code for user mistakes: 2
     res = cli("submit", "no-such-preset", ok=False)
-    assert res.exit_code == 1 and "preset 'no-such-preset' not found" in res.output
+    assert res.exit_code == 2 and "preset 'no-such-preset' not found" in res.output
     res = cli("submit", "--set", "colour=red", ok=False)
-    assert res.exit_code == 1 and "colour: unknown key" in res.output
+    assert res.exit_code == 2 and "colour: unknown key" in res.output
     res = cli("cancel", 77, ok=False)
-    assert res.exit_code == 1 and "job 77 does not exist" in res.output
+    assert res.exit_code == 2 and "job 77 does not exist" in res.output
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     res = cli("submit", "--batch", bad, ok=False)
@@ -122,7 +126,7 @@ def test_presets_list_show_new(tmp_path):
     assert "my-tiny.toml" in out
     assert '"seed": 5' in cli("presets", "show", "my-tiny").output
     res = cli("presets", "new", "bad", "--set", "fps=11", ok=False)
-    assert res.exit_code == 1 and "fps" in res.output
+    assert res.exit_code == 2 and "fps" in res.output
 
 
 @pytest.mark.slow
@@ -136,3 +140,44 @@ def test_run_in_the_foreground_with_the_tiny_profile(tmp_path, monkeypatch):
               "--set", "save_path=out/t.mp4")
     assert (tmp_path / "out" / "t.mp4").is_file()
     assert "t.mp4" in res.output
+
+
+def test_a_bad_batch_entry_does_not_refuse_the_good_ones(daemon, tmp_path, monkeypatch):
+    daemon.pause()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps([
+        {"input_video": "a.jpg", "prompt": "good", "output_video": "o1.mp4"},
+        {"prompt": "no input", "output_video": "o2.mp4"},
+        {"input_video": "missing.jpg", "prompt": "bad path", "output_video": "o3.mp4"},
+        {"input_video": "a.jpg", "prompt": "also good", "seed": 2**32, "output_video": "o4.mp4"},
+    ]))
+    res = cli("submit", "--batch", batch, ok=False)
+    assert res.exit_code == 2
+    assert "item 2: input_video: missing" in res.output
+    assert "item 3: input_path: 'missing.jpg' does not exist" in res.output
+    assert "item 4: seed" in res.output
+    assert [j["prompt"] for j in daemon.jobs()] == ["good"]
+
+
+def test_an_existing_output_is_refused_at_submit(daemon, tmp_path):
+    daemon.pause()
+    (tmp_path / "keep.mp4").write_bytes(b"precious")
+    res = cli("submit", "--set", f"save_path={tmp_path / 'keep.mp4'}", ok=False)
+    assert res.exit_code == 2 and "overwrite=true" in res.output
+    cli("submit", "--set", f"save_path={tmp_path / 'keep.mp4'}", "--set", "overwrite=true")
+
+
+def test_prompts_are_text_not_markup_or_escape_sequences(daemon):
+    daemon.pause()
+    hostile = "[/red] \x1b]52;c;aGk=\x07 \x1b]0;title\x07 \x9b2J end"
+    jid = daemon.submit({"prompt": hostile})
+    ls = cli("ls").output
+    show = cli("show", jid).output
+    for out in (ls, show):
+        assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "[/red]" in ls and "[/red]" in show
+    res = cli("submit", "--set", "prompt=caf\udce9")  # argv bytes that are not UTF-8
+    (new,) = [int(w) for w in res.output.split() if w.isdigit()]
+    assert daemon.job(new)["prompt"] == "caf\ufffd"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, pid_alive, stop_daemon
+from conftest import ROOT, make_default_input, pid_alive, stop_daemon
 from cosmos_tui.client import Client, DaemonError, start_daemon
 from cosmos_tui.daemon import linger_warning
 
@@ -63,6 +63,7 @@ def test_submit_runs_to_done_with_outputs(daemon, tmp_path, wait_until):
 
 def test_relative_save_path_is_relative_to_the_submitting_directory(daemon, tmp_path, monkeypatch, wait_until):
     monkeypatch.chdir(tmp_path)
+    make_default_input(tmp_path)
     jid = daemon.submit({"prompt": "x", "save_path": "rel/v.mp4"})
     wait_state(daemon, jid, "done", wait_until)
     assert (tmp_path / "rel" / "v.mp4").is_file()
@@ -318,7 +319,8 @@ def test_job_survives_the_tmux_session_that_started_it(fake_engine_env, tmp_path
     out = tmp_path / "tmux.mp4"
     sock_name = f"ct-test-{os.getpid()}"
     env = " ".join(f"{k}={v!r}" for k, v in os.environ.items() if k.startswith("COSMOS_TUI_"))
-    cmd = (f"cd {ROOT} && env {env} {sys.executable} -m cosmos_tui.cli submit --set prompt=sleep:4 "
+    # from the work directory (it has the default input the submit checks for)
+    cmd = (f"cd {os.getcwd()} && env PYTHONPATH={ROOT} {env} {sys.executable} -m cosmos_tui.cli submit --set prompt=sleep:4 "
            f"--set save_path={out} > {tmp_path}/submit.out 2>&1; sleep 600")
     subprocess.run(["tmux", "-L", sock_name, "new-session", "-d", "-s", "job", cmd], check=True)
     try:

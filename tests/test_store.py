@@ -71,6 +71,7 @@ def test_priority_decides_where_a_job_goes_in_and_move_reorders(store):
     assert order() == [b, front, hi, hi2, a]
     assert store.move(front, to=5) == 5
     assert order() == [b, hi, hi2, a, front]
+    store.update(a, state="running")  # queued -> done directly is not an allowed transition
     store.update(a, state="done")
     with pytest.raises(ValueError, match="not queued"):
         store.move(a, 1)

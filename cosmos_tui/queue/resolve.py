@@ -1,0 +1,147 @@
+"""Preset + overrides (+ a batch entry) -> a stored spec, and the checks a submit must pass.
+
+Everything a user can get wrong is caught here, when the job is queued, not an hour later when it
+runs: a missing or unreadable input, 5 conditional frames from an image or a short video, a seed
+outside 0..2^32-1, a save_path that would overwrite a file no job wrote.
+"""
+
+from __future__ import annotations
+
+import os
+
+SEED_MAX = 2**32 - 1
+TEXT_FIELDS = ("prompt", "negative_prompt")
+PATH_FIELDS = ("input_path", "save_path", "dit_path", "batch_input_json", "checkpoint_dir")
+
+
+class SubmitError(ValueError):
+    """A submit the queue refuses; the message is one sentence naming the field and the fix."""
+
+
+def clean_text(value: str) -> str:
+    """User text that arrived undecodable (argv bytes as surrogate escapes): U+FFFD per bad byte."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape" if _escapes_only(value) else "replace").decode("utf-8", "replace")
+
+
+def _escapes_only(value: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in value)
+
+
+def _utf8_or_refuse(field: str, value: str, source: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SubmitError(f"{source}{field}: {value!r} is not valid UTF-8; rename the file (or directory) to a "
+                          f"UTF-8 name") from None
+
+
+def resolve_spec(overrides, preset: str | None, gpu_count: int, source: str = "") -> dict:
+    """The spec (as stored) for `overrides` over `preset`; SubmitError if it does not validate."""
+    from engine.spec import SpecError, spec_from_dict
+
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise SubmitError(f"{source}spec: expected a JSON object of spec fields, got {type(overrides).__name__}")
+    overrides = dict(overrides)
+    for field in TEXT_FIELDS:
+        if isinstance(overrides.get(field), str):
+            overrides[field] = clean_text(overrides[field])
+    for field in PATH_FIELDS:
+        if isinstance(overrides.get(field), str):
+            _utf8_or_refuse(field, overrides[field], source)
+    base: dict = {}
+    if preset:
+        try:
+            from cosmos_tui.presets import PresetError, load_preset
+        except ImportError:
+            raise SubmitError("presets are not available in this installation (cosmos_tui.presets is missing)") from None
+        try:
+            p = load_preset(preset)
+        except PresetError as err:
+            raise SubmitError(str(err)) from None
+        if p.spec is None:
+            raise SubmitError(f"preset {preset!r} is invalid: {p.error}")
+        base = dict(p.overrides)
+    seed = overrides.get("seed", base.get("seed", 0))
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= SEED_MAX:
+        raise SubmitError(f"{source}seed: {seed} is outside 0..{SEED_MAX}; give a seed in that range")
+    try:
+        spec = spec_from_dict({**base, **overrides}, source=source.rstrip(": "))
+    except SpecError as err:
+        raise SubmitError(str(err)) from None
+    if spec.num_gpus > gpu_count:
+        raise SubmitError(
+            f"{source}num_gpus: {spec.num_gpus} GPUs asked for but this machine has {gpu_count}; "
+            f"set num_gpus to at most {gpu_count}"
+        )
+    return spec.model_dump(mode="json")
+
+
+def _under(cwd: str | None, path: str) -> str:
+    return os.path.normpath(os.path.join(cwd or "", os.path.expanduser(path)))
+
+
+def check_inputs(spec: dict, cwd: str | None, source: str = "") -> None:
+    """The conditioning input exists, is readable and has the frames the spec asks for."""
+    from engine.io import DEMO_INPUT_PATH
+    from engine.spec import InputError, input_kind
+
+    if spec.get("batch_input_json") or spec.get("skip_generation"):
+        return  # the engine reads its inputs from the batch file, or generates nothing
+    given = spec.get("input_path") or ""
+    if given == DEMO_INPUT_PATH:
+        return  # drawn on first use (engine.io.ensure_demo_input)
+    path = _under(cwd, given)
+    try:
+        kind = input_kind(given)
+    except InputError as err:
+        raise SubmitError(f"{source}{err}") from None
+    if not os.path.isfile(path):
+        raise SubmitError(f"{source}input_path: {given!r} does not exist (looked in {os.path.dirname(path)}); "
+                          f"give the path of an image or .mp4 video")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise SubmitError(f"{source}input_path: {given!r} cannot be read ({err.strerror}); fix its permissions "
+                          f"or give another file") from None
+    frames = spec.get("num_conditional_frames", 1)
+    if frames > 1 and kind == "image":
+        raise SubmitError(f"{source}num_conditional_frames: {frames} frames were asked for but input_path "
+                          f"{given!r} is an image (1 frame); set num_conditional_frames=1 or give an .mp4")
+    if frames > 1 and kind == "video":
+        from engine.io import probe_video
+
+        try:
+            count = probe_video(path)["frames"]
+        except InputError as err:
+            raise SubmitError(f"{source}{err}") from None
+        if count < frames:
+            raise SubmitError(f"{source}num_conditional_frames: {frames} frames were asked for but input_path "
+                              f"{given!r} has {count}; set num_conditional_frames=1 or give a longer video")
+
+
+def check_save_path(spec: dict, cwd: str | None, claimed: set[str], source: str = "") -> None:
+    """Refuse to overwrite a file that no job of the queue wrote (a job's own path gets a fresh
+    name from the store, so a claimed path is never a stranger's file)."""
+    path = _under(cwd, spec.get("save_path") or "")
+    if spec.get("overwrite") or path in claimed:
+        return
+    if os.path.isfile(path):
+        raise SubmitError(f"{source}save_path: {spec.get('save_path')!r} already exists and no job wrote it; "
+                          f"set overwrite=true (--set overwrite=true) to replace it, or give a new save_path")
+
+
+def batch_entry_problem(entry: dict) -> str | None:
+    """A batch file entry (the seed's {input_video, prompt, output_video}, renamed) must name its own
+    prompt and input: without them it would run on the preset's demo image and prompt."""
+    missing = [k for k, shown in (("prompt", "prompt"), ("input_path", "input_video")) if not entry.get(k)]
+    if missing:
+        names = " and ".join(shown for k, shown in (("prompt", "prompt"), ("input_path", "input_video")) if k in missing)
+        return f"{names}: missing; give each entry its own {names}"
+    return None

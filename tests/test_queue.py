@@ -1,0 +1,95 @@
+"""The pure queue core: state transitions, submit checks. No daemon, no sockets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from cosmos_tui.queue.resolve import SubmitError, batch_entry_problem, check_inputs, check_save_path, resolve_spec
+from cosmos_tui.queue.state import JobState, TransitionError, check_transition
+from cosmos_tui.store import Store
+
+
+def test_the_queue_package_imports_no_asyncio_sockets_textual_or_torch():
+    code = ("import sys, cosmos_tui.queue.state, cosmos_tui.queue.resolve\n"
+            "print(' '.join(m for m in ('asyncio', 'socket', 'textual', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_transitions():
+    check_transition(1, "queued", "running")
+    check_transition(1, "running", "done")
+    with pytest.raises(TransitionError, match="job 1 is done and cannot become running"):
+        check_transition(1, "done", "running")
+    assert JobState.FAILED.terminal and not JobState.RUNNING.terminal
+
+
+def test_the_store_refuses_a_transition_out_of_a_terminal_state(tmp_path):
+    s = Store(tmp_path / "jobs.db")
+    jid = s.add_job({"prompt": "x"})
+    s.update(jid, state="running")
+    s.update(jid, state="done")
+    with pytest.raises(TransitionError):
+        s.update(jid, state="running")
+    assert s.job(jid)["state"] == "done"
+    s.close()
+
+
+def test_seed_range_and_undecodable_text():
+    with pytest.raises(SubmitError, match=r"seed: 4294967296 is outside 0\.\.4294967295"):
+        resolve_spec({"seed": 2**32}, None, 1)
+    with pytest.raises(SubmitError, match="seed: -1"):
+        resolve_spec({"seed": -1}, None, 1)
+    spec = resolve_spec({"prompt": "caf\udce9"}, None, 1)  # argv bytes b"caf\xe9"
+    assert spec["prompt"] == "caf\ufffd"
+    with pytest.raises(SubmitError, match="save_path: .* is not valid UTF-8"):
+        resolve_spec({"save_path": "out/\udcff.mp4"}, None, 1)
+
+
+def test_inputs_are_checked_at_submit(tmp_path):
+    with pytest.raises(SubmitError, match="input_path: 'nope.jpg' does not exist"):
+        check_inputs(resolve_spec({"input_path": "nope.jpg"}, None, 1), str(tmp_path))
+    (tmp_path / "in.jpg").write_bytes(b"jpeg")
+    check_inputs(resolve_spec({"input_path": "in.jpg"}, None, 1), str(tmp_path))
+    with pytest.raises(SubmitError, match="num_conditional_frames: 5 frames .* is an image"):
+        check_inputs(resolve_spec({"input_path": "in.jpg", "num_conditional_frames": 5}, None, 1), str(tmp_path))
+    (tmp_path / "secret.jpg").write_bytes(b"jpeg")
+    (tmp_path / "secret.jpg").chmod(0)
+    import os
+
+    if os.getuid() != 0:
+        with pytest.raises(SubmitError, match="cannot be read"):
+            check_inputs(resolve_spec({"input_path": "secret.jpg"}, None, 1), str(tmp_path))
+
+
+def test_a_short_video_cannot_give_five_frames(tmp_path):
+    import imageio_ffmpeg
+    import numpy as np
+
+    path = tmp_path / "short.mp4"
+    w = imageio_ffmpeg.write_frames(str(path), (64, 48), fps=16, macro_block_size=16)
+    w.send(None)
+    for _ in range(3):
+        w.send(np.zeros((48, 64, 3), np.uint8).tobytes())
+    w.close()
+    with pytest.raises(SubmitError, match="has 3; set num_conditional_frames=1 or give a longer video"):
+        check_inputs(resolve_spec({"input_path": "short.mp4", "num_conditional_frames": 5}, None, 1), str(tmp_path))
+
+
+def test_an_existing_file_no_job_wrote_is_not_overwritten(tmp_path):
+    (tmp_path / "mine.mp4").write_bytes(b"precious")
+    spec = resolve_spec({"save_path": "mine.mp4"}, None, 1)
+    with pytest.raises(SubmitError, match="--set overwrite=true"):
+        check_save_path(spec, str(tmp_path), set())
+    check_save_path(spec, str(tmp_path), {str(tmp_path / "mine.mp4")})  # a job of ours wrote it
+    check_save_path(resolve_spec({"save_path": "mine.mp4", "overwrite": True}, None, 1), str(tmp_path), set())
+
+
+def test_batch_entries_need_their_own_prompt_and_input():
+    assert batch_entry_problem({"prompt": "a", "input_path": "x.jpg"}) is None
+    assert "input_video: missing" in batch_entry_problem({"prompt": "a"})
+    assert "prompt and input_video" in batch_entry_problem({"save_path": "o.mp4"})
