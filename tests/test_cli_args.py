@@ -35,6 +35,7 @@ SEED_DEFAULTS = {
     "use_cuda_graphs": False, "natten": False, "num_chunks": 6, "num_generations": 2, "num_critic_trials": 5,
     "compile_dit": True,  # ours, not a seed flag: compile on CUDA by default
     "skip_generation": False, "checkpoint_dir": "", "num_steps": 35, "attention_backend": "auto",
+    "overwrite": False,  # ours: refuse to replace a file no job wrote
 }
 MODULES = {"video2world": "engine.video2world", "lvg": "engine.video2world_lvg", "bestofn": "engine.video2world_bestofn"}
 
