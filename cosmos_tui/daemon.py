@@ -40,6 +40,7 @@ import traceback
 from pathlib import Path
 
 from cosmos_tui import paths
+from cosmos_tui.queue.core import MODEL_KEY_FIELDS, EngineView, Evict, Start, model_key, plan
 from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
 from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import TERMINAL, Store, StoreError
@@ -47,7 +48,6 @@ from cosmos_tui.store import TERMINAL, Store, StoreError
 PROTOCOL_VERSION = 1
 STREAM_LIMIT = 64 * 1024 * 1024  # a batch request or an engine's critic answers can be long lines
 TERM_GRACE_S = 5.0
-MODEL_KEY_FIELDS = ("model_size", "resolution", "fps", "natten", "dit_path", "load_ema", "num_gpus")
 
 
 class RequestError(ValueError):
@@ -117,10 +117,6 @@ def linger_warning(user: str | None = None, conf_patterns: list[str] | None = No
 
 
 # -- engines --
-
-
-def model_key(spec: dict) -> tuple:
-    return tuple(spec.get(k) for k in MODEL_KEY_FIELDS)
 
 
 def _package_root(name: str) -> str:
@@ -287,40 +283,48 @@ class Daemon:
             except Exception:
                 _log("checking the job database failed:\n" + traceback.format_exc())
 
-    def busy_gpus(self) -> set[int]:
-        return {g for e in self.engines if e.job is not None for g in e.gpus}
+    def engine_views(self) -> list[EngineView]:
+        return [EngineView(e.pid, e.key, tuple(e.gpus), e.job, e.dead) for e in self.engines]
 
     async def schedule(self) -> None:
-        if self.paused or self.stopped.is_set():
-            return
-        busy = self.busy_gpus()
-        for job in self.store.queued():
-            spec = job["spec"]
-            n = job["gpus_wanted"]
-            key = model_key(spec)
-            warm = next(
-                (e for e in self.engines
-                 if e.job is None and not e.dead and e.key == key and not set(e.gpus) & busy),
-                None,
-            )
-            if warm is None:
-                free = [g for g in range(self.gpu_count) if g not in busy]
-                if len(free) < n:
-                    # strict queue order: a big job at the head is not starved by small ones behind it
-                    break
-                idle_on = {g for e in self.engines if e.job is None for g in e.gpus}
-                chosen = sorted(free, key=lambda g: (g in idle_on, g))[:n]
-                for e in [e for e in self.engines if e.job is None and set(e.gpus) & set(chosen)]:
+        """Carry out plan()'s decisions. An engine that cannot be spawned fails its job and the
+        rest is planned again: the GPUs it would have taken are free for the jobs behind it."""
+        while not (self.paused or self.stopped.is_set()):
+            # a job whose failure the store could not take is over all the same: planning it again
+            # would spawn (and fail) forever
+            queued = [j for j in self.store.queued() if self.unsaved.get(j["id"], {}).get("state", "queued") == "queued"]
+            decisions = plan(queued, list(range(self.gpu_count)), self.engine_views())
+            if not await self._carry_out(decisions, {j["id"]: j for j in queued}):
+                return
+
+    async def _carry_out(self, decisions: list[Start | Evict], jobs: dict[int, dict]) -> bool:
+        """True when a decision could not be carried out and the queue must be planned again."""
+        by_pid = {e.pid: e for e in self.engines}
+        waited = False
+        for d in decisions:
+            if isinstance(d, Evict):
+                e = by_pid.get(d.engine_id)
+                if e is not None and e in self.engines:
                     _log(f"stopping idle engine {e.pid} on GPUs {e.gpus} for another model")
                     self.engines.remove(e)
                     await e.kill(grace=2.0)
+                    waited = True
+                continue
+            job = jobs[d.job_id]
+            if waited and (self.store.job(d.job_id) or {}).get("state") != "queued":
+                return True  # cancelled (or the queue changed) while an engine was being stopped
+            if d.reuse_engine is not None:
+                eng = by_pid[d.reuse_engine]
+                if eng.dead or eng not in self.engines:
+                    return True  # it exited since the plan was made
+            else:
                 try:
-                    warm = await self.spawn_engine(key, chosen, n)
+                    eng = await self.spawn_engine(d.engine_key, list(d.gpus), job["gpus_wanted"])
                 except OSError as err:
                     self.fail_job(job["id"], f"could not start the engine: {err}", "crash")
-                    continue
-            self.start_job(job, warm)
-            busy |= set(warm.gpus)
+                    return True
+            self.start_job(job, eng)
+        return False
 
     async def spawn_engine(self, key: tuple, gpus: list[int], num_gpus: int) -> Engine:
         env = dict(os.environ)
