@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cosmos_tui.queue.core import EngineView, Evict, Start, model_key, plan
+from cosmos_tui.queue.core import EngineView, Evict, Start, dependency_failed, model_key, plan, waiting_on
 
 
 def job(jid: int, gpus: int = 1, size: str = "2B") -> dict:
@@ -56,3 +56,20 @@ def test_a_job_with_a_warm_engine_starts_even_when_the_next_is_blocked():
 
 def test_a_paused_queue_plans_nothing():
     assert plan([job(1)], [0], [], paused=True) == []
+
+
+def test_a_held_job_is_passed_over_and_does_not_block_the_queue():
+    assert plan([{**job(1), "held": True}, job(2)], [0], []) == [Start(2, (0,), K2)]
+
+
+def test_a_job_after_another_waits_until_it_is_done():
+    dependent = {**job(2), "after": 1}
+    assert plan([dependent, job(3)], [0], []) == [Start(3, (0,), K2)]
+    assert plan([dependent], [0], [], done={1}) == [Start(2, (0,), K2)]
+
+
+def test_a_dependency_that_failed_or_was_cancelled_fails_the_dependent():
+    dependent = {**job(2), "after": 1}
+    assert dependency_failed(dependent, {1: "failed"}) and dependency_failed(dependent, {1: "cancelled"})
+    assert not dependency_failed(dependent, {1: "running"}) and not dependency_failed(job(3), {})
+    assert waiting_on(dependent, set()) == "after job 1" and waiting_on({**job(1), "held": 1}, set()) == "held"

@@ -54,8 +54,27 @@ class _Engines:
         return [e for e in self.views if e.job is None]
 
 
-def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused: bool = False) -> list[Start | Evict]:
-    """Decisions for `queued` (job dicts with id, spec, gpus_wanted; in queue order).
+def waiting_on(job: dict, done: set[int]) -> str | None:
+    """Why a queued job is not a candidate now (held, or its dependency not done), else None.
+    Such a job is passed over, not waited for: holding the head must not stop the queue."""
+    if job.get("held"):
+        return "held"
+    after = job.get("after")
+    if after is not None and after not in done:
+        return f"after job {after}"
+    return None
+
+
+def dependency_failed(job: dict, states: dict[int, str]) -> bool:
+    """A job `--after` one that ended without output can never run: it fails ("dependency")."""
+    after = job.get("after")
+    return after is not None and states.get(after) in ("failed", "cancelled", "interrupted")
+
+
+def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused: bool = False,
+         done: set[int] = frozenset()) -> list[Start | Evict]:
+    """Decisions for `queued` (job dicts with id, spec, gpus_wanted, optional held and after; in
+    queue order); `done` holds the ids of finished jobs, for dependencies.
 
     Strict queue order: each job is taken in turn; one with an idle warm engine of its model starts
     there; otherwise, when too few GPUs are free, nothing behind it starts, not even a 1-GPU job
@@ -67,6 +86,8 @@ def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused:
     state = _Engines(list(engines))
     out: list[Start | Evict] = []
     for job in queued:
+        if waiting_on(job, done):
+            continue
         key = model_key(job["spec"])
         busy = state.busy()
         warm = next((e for e in state.idle() if not e.dead and e.key == key and not set(e.gpus) & busy), None)
