@@ -40,7 +40,8 @@ import traceback
 from pathlib import Path
 
 from cosmos_tui import paths
-from cosmos_tui.queue.core import MODEL_KEY_FIELDS, EngineView, Evict, Start, model_key, plan
+from cosmos_tui.queue.core import (MODEL_KEY_FIELDS, EngineView, Evict, Start, dependency_failed, model_key, plan,
+                                   waiting_on)
 from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
 from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import TERMINAL, Store, StoreError
@@ -293,7 +294,13 @@ class Daemon:
             # a job whose failure the store could not take is over all the same: planning it again
             # would spawn (and fail) forever
             queued = [j for j in self.store.queued() if self.unsaved.get(j["id"], {}).get("state", "queued") == "queued"]
-            decisions = plan(queued, list(range(self.gpu_count)), self.engine_views())
+            states = {j["id"]: j["state"] for j in self.store.jobs()}
+            for j in [j for j in queued if dependency_failed(j, states)]:
+                self.fail_job(j["id"], f"job {j['after']}, which this job runs after, is {states[j['after']]}",
+                              "dependency")
+                queued.remove(j)
+            done = {i for i, st in states.items() if st == "done"}
+            decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done)
             if not await self._carry_out(decisions, {j["id"]: j for j in queued}):
                 return
 
@@ -611,6 +618,7 @@ class Daemon:
             "total_steps", "chunk", "num_chunks", "generation", "num_generations", "sec_per_step", "gpus",
             "peak_mem", "error", "reason", "attempt_of", "priority", "gpus_wanted", "cwd", "engine_pid",
         )}
+        d["held"], d["after"] = bool(row.get("held")), row.get("after")
         if d["num_chunks"] is None and row["mode"] == "lvg":
             d["num_chunks"] = spec.get("num_chunks")
         if d["num_generations"] is None and row["mode"] == "bestofn":
@@ -622,8 +630,13 @@ class Daemon:
         d["place"] = place
         d["wait_reason"] = None
         if row["state"] == "queued":
+            waiting = waiting_on(row, set())
             if self.paused:
                 d["wait_reason"] = "queue paused"
+            elif waiting == "held":
+                d["wait_reason"] = "held; release it to run"
+            elif waiting and (self.store.job(row["after"]) or {}).get("state") != "done":
+                d["wait_reason"] = f"waiting for job {row['after']} to finish"
             elif place == 1:
                 d["wait_reason"] = f"waiting for {row['gpus_wanted']} free GPU(s)"
             else:
@@ -674,10 +687,23 @@ class Daemon:
         return {"pong": True, "pid": os.getpid(), "protocol": PROTOCOL_VERSION, "home": str(self.home),
                 "started": self.started, "warnings": self.warnings}
 
+    def _after(self, req: dict) -> int | None:
+        after = req.get("after")
+        if after is None:
+            return None
+        if not isinstance(after, int) or isinstance(after, bool) or self.store.job(after) is None:
+            raise RequestError(f"after: {after!r} is not the id of a job; give the id of an existing job")
+        state = self.store.job(after)["state"]
+        if state in ("failed", "cancelled", "interrupted"):
+            raise RequestError(f"after: job {after} is {state} and will never finish; retry it first, then "
+                               f"submit after the retry")
+        return after
+
     def op_submit(self, req):
         cwd = self._cwd(req)
+        after = self._after(req)
         spec = self._checked(req.get("spec"), req.get("preset"), cwd, self.store.claimed_paths())
-        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), cwd)
+        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), cwd, after=after)
         self._job_log(jid, f"job {jid} queued" + (f" from preset {req.get('preset')}" if req.get("preset") else ""))
         self.broadcast_state(jid, "queued")
         self.wake.set()
@@ -786,6 +812,24 @@ class Daemon:
         self.broadcast({"event": "queue", "job": jid, "t": time.time(), "paused": self.paused,
                         "reason": self.store.get_meta("pause_reason")})
         return place
+
+    def _set_held(self, req, held: bool):
+        jid = self._job_id(req)
+        state = self.store.job(jid)["state"]
+        if state != "queued":
+            raise RequestError(f"job {jid} is {state}; only a queued job can be {'held' if held else 'released'}")
+        self.store.update(jid, held=int(held))
+        self._job_log(jid, f"job {jid} {'held' if held else 'released'}")
+        self.broadcast({"event": "queue", "job": jid, "t": time.time(), "paused": self.paused,
+                        "reason": self.store.get_meta("pause_reason")})
+        self.wake.set()
+        return held
+
+    def op_hold(self, req):
+        return self._set_held(req, True)
+
+    def op_release(self, req):
+        return self._set_held(req, False)
 
     def op_queue(self, req):
         counts: dict[str, int] = {}
