@@ -295,10 +295,13 @@ class Daemon:
             # would spawn (and fail) forever
             queued = [j for j in self.store.queued() if self.unsaved.get(j["id"], {}).get("state", "queued") == "queued"]
             states = {j["id"]: j["state"] for j in self.store.jobs()}
-            for j in [j for j in queued if dependency_failed(j, states)]:
-                self.fail_job(j["id"], f"job {j['after']}, which this job runs after, is {states[j['after']]}",
-                              "dependency")
-                queued.remove(j)
+            # to a fixed point: a chain a <- b <- c fails as a whole, not one link per wake-up
+            while failing := [j for j in queued if dependency_failed(j, states)]:
+                for j in failing:
+                    self.fail_job(j["id"], f"job {j['after']}, which this job runs after, is "
+                                           f"{states[j['after']]}", "dependency")
+                    states[j["id"]] = "failed"
+                    queued.remove(j)
             done = {i for i, st in states.items() if st == "done"}
             decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done)
             if not await self._carry_out(decisions, {j["id"]: j for j in queued}):

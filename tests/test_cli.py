@@ -202,8 +202,9 @@ def test_hold_release_and_after(daemon, wait_until):
     cli("pause")
     d = json.loads(cli("submit", "--set", "prompt=d", "--json").output)[0]
     e = json.loads(cli("submit", "--set", "prompt=e", "--after", d, "--json").output)[0]
+    f = json.loads(cli("submit", "--set", "prompt=f", "--after", e, "--json").output)[0]
     cli("cancel", d)
     cli("resume")
-    wait_until(lambda: daemon.job(e)["state"] == "failed", what="the dependent to fail")
-    assert daemon.job(e)["reason"] == "dependency"
-    assert cli("submit", "--set", "prompt=f", "--after", d, ok=False).exit_code == 2
+    wait_until(lambda: daemon.job(f)["state"] == "failed", what="the chain of dependents to fail")
+    assert daemon.job(e)["reason"] == daemon.job(f)["reason"] == "dependency"
+    assert cli("submit", "--set", "prompt=g", "--after", d, ok=False).exit_code == 2
