@@ -182,6 +182,7 @@ def submit(
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec field: --set prompt=\"...\" --set seed=3"),
     batch: Optional[Path] = typer.Option(None, "--batch", help="Batch JSON: a list of {input_video, prompt, output_video}; one job each."),
     priority: int = typer.Option(0, help="Higher goes ahead of lower in the queue."),
+    after: Optional[int] = typer.Option(None, "--after", metavar="ID", help="Run only once job ID is done (fail if it fails)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job ids as JSON."),
 ) -> None:
     """Queue a job (or a batch) from a preset plus overrides.
@@ -191,6 +192,9 @@ def submit(
     from cosmos_tui.queue.resolve import batch_entry_problem
 
     overrides = parse_sets(set_)
+    if after is not None and batch is not None:
+        _err("--after works with a single job, not with --batch; submit the batch, then hold/release its jobs")
+        raise typer.Exit(USER_MISTAKE)
     client = Client.connect()
     refused: list[tuple[int, str]] = []
     if batch is not None:
@@ -212,7 +216,7 @@ def submit(
                 n = numbered[r["item"] - 1][0]
                 refused.append((n, r["error"].replace(f"item {r['item']}: ", f"item {n}: ", 1)))
     else:
-        ids = [client.submit(overrides, preset=preset, priority=priority)]
+        ids = [client.submit(overrides, preset=preset, priority=priority, after=after)]
     if as_json:
         typer.echo(json.dumps(ids))
     else:
@@ -373,6 +377,26 @@ def resume() -> None:
     """Resume the queue (after a pause, an out-of-memory stop or a restart after a crash)."""
     Client.connect().resume()
     typer.echo("queue resumed")
+
+
+@app.command()
+@friendly
+def hold(job_ids: List[int] = typer.Argument(..., metavar="ID...")) -> None:
+    """Keep queued jobs in their place but don't start them until `release`."""
+    client = Client.connect()
+    for jid in job_ids:
+        client.hold(jid)
+        typer.echo(f"job {jid} held")
+
+
+@app.command()
+@friendly
+def release(job_ids: List[int] = typer.Argument(..., metavar="ID...")) -> None:
+    """Let held jobs run again."""
+    client = Client.connect()
+    for jid in job_ids:
+        client.release(jid)
+        typer.echo(f"job {jid} released")
 
 
 @app.command()

@@ -105,8 +105,10 @@ class Client:
     def ping(self) -> dict:
         return self.request("ping")
 
-    def submit(self, spec: dict, preset: str | None = None, priority: int = 0) -> int:
-        return self.request("submit", spec=spec, preset=preset, priority=priority, cwd=os.getcwd())
+    def submit(self, spec: dict, preset: str | None = None, priority: int = 0, after: int | None = None) -> int:
+        """`after`: the job waits until that job is done, and fails ("dependency") if it fails or is
+        cancelled."""
+        return self.request("submit", spec=spec, preset=preset, priority=priority, cwd=os.getcwd(), after=after)
 
     def submit_batch(self, specs: list[dict], preset: str | None = None, priority: int = 0,
                      base: dict | None = None) -> list[int]:
@@ -140,6 +142,14 @@ class Client:
 
     def resume(self) -> dict:
         return self.request("resume")
+
+    def hold(self, id: int) -> bool:
+        """Keep a queued job in its place but pass it over until `release`; returns True."""
+        return self.request("hold", job=id)
+
+    def release(self, id: int) -> bool:
+        """Let a held job run again; returns False (it is no longer held)."""
+        return self.request("release", job=id)
 
     def move(self, id: int, offset: int = 0, to: int | None = None) -> int:
         """Move a queued job `offset` places (negative = sooner) or to 1-based place `to`; returns

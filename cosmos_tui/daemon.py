@@ -40,6 +40,8 @@ import traceback
 from pathlib import Path
 
 from cosmos_tui import paths
+from cosmos_tui.queue.core import (MODEL_KEY_FIELDS, EngineView, Evict, Start, dependency_failed, model_key, plan,
+                                   waiting_on)
 from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
 from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import TERMINAL, Store, StoreError
@@ -47,7 +49,6 @@ from cosmos_tui.store import TERMINAL, Store, StoreError
 PROTOCOL_VERSION = 1
 STREAM_LIMIT = 64 * 1024 * 1024  # a batch request or an engine's critic answers can be long lines
 TERM_GRACE_S = 5.0
-MODEL_KEY_FIELDS = ("model_size", "resolution", "fps", "natten", "dit_path", "load_ema", "num_gpus")
 
 
 class RequestError(ValueError):
@@ -117,10 +118,6 @@ def linger_warning(user: str | None = None, conf_patterns: list[str] | None = No
 
 
 # -- engines --
-
-
-def model_key(spec: dict) -> tuple:
-    return tuple(spec.get(k) for k in MODEL_KEY_FIELDS)
 
 
 def _package_root(name: str) -> str:
@@ -287,40 +284,57 @@ class Daemon:
             except Exception:
                 _log("checking the job database failed:\n" + traceback.format_exc())
 
-    def busy_gpus(self) -> set[int]:
-        return {g for e in self.engines if e.job is not None for g in e.gpus}
+    def engine_views(self) -> list[EngineView]:
+        return [EngineView(e.pid, e.key, tuple(e.gpus), e.job, e.dead) for e in self.engines]
 
     async def schedule(self) -> None:
-        if self.paused or self.stopped.is_set():
-            return
-        busy = self.busy_gpus()
-        for job in self.store.queued():
-            spec = job["spec"]
-            n = job["gpus_wanted"]
-            key = model_key(spec)
-            warm = next(
-                (e for e in self.engines
-                 if e.job is None and not e.dead and e.key == key and not set(e.gpus) & busy),
-                None,
-            )
-            if warm is None:
-                free = [g for g in range(self.gpu_count) if g not in busy]
-                if len(free) < n:
-                    # strict queue order: a big job at the head is not starved by small ones behind it
-                    break
-                idle_on = {g for e in self.engines if e.job is None for g in e.gpus}
-                chosen = sorted(free, key=lambda g: (g in idle_on, g))[:n]
-                for e in [e for e in self.engines if e.job is None and set(e.gpus) & set(chosen)]:
+        """Carry out plan()'s decisions. An engine that cannot be spawned fails its job and the
+        rest is planned again: the GPUs it would have taken are free for the jobs behind it."""
+        while not (self.paused or self.stopped.is_set()):
+            # a job whose failure the store could not take is over all the same: planning it again
+            # would spawn (and fail) forever
+            queued = [j for j in self.store.queued() if self.unsaved.get(j["id"], {}).get("state", "queued") == "queued"]
+            states = {j["id"]: j["state"] for j in self.store.jobs()}
+            # to a fixed point: a chain a <- b <- c fails as a whole, not one link per wake-up
+            while failing := [j for j in queued if dependency_failed(j, states)]:
+                for j in failing:
+                    self.fail_job(j["id"], f"job {j['after']}, which this job runs after, is "
+                                           f"{states[j['after']]}", "dependency")
+                    states[j["id"]] = "failed"
+                    queued.remove(j)
+            done = {i for i, st in states.items() if st == "done"}
+            decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done)
+            if not await self._carry_out(decisions, {j["id"]: j for j in queued}):
+                return
+
+    async def _carry_out(self, decisions: list[Start | Evict], jobs: dict[int, dict]) -> bool:
+        """True when a decision could not be carried out and the queue must be planned again."""
+        by_pid = {e.pid: e for e in self.engines}
+        waited = False
+        for d in decisions:
+            if isinstance(d, Evict):
+                e = by_pid.get(d.engine_id)
+                if e is not None and e in self.engines:
                     _log(f"stopping idle engine {e.pid} on GPUs {e.gpus} for another model")
                     self.engines.remove(e)
                     await e.kill(grace=2.0)
+                    waited = True
+                continue
+            job = jobs[d.job_id]
+            if waited and (self.store.job(d.job_id) or {}).get("state") != "queued":
+                return True  # cancelled (or the queue changed) while an engine was being stopped
+            if d.reuse_engine is not None:
+                eng = by_pid[d.reuse_engine]
+                if eng.dead or eng not in self.engines:
+                    return True  # it exited since the plan was made
+            else:
                 try:
-                    warm = await self.spawn_engine(key, chosen, n)
+                    eng = await self.spawn_engine(d.engine_key, list(d.gpus), job["gpus_wanted"])
                 except OSError as err:
                     self.fail_job(job["id"], f"could not start the engine: {err}", "crash")
-                    continue
-            self.start_job(job, warm)
-            busy |= set(warm.gpus)
+                    return True
+            self.start_job(job, eng)
+        return False
 
     async def spawn_engine(self, key: tuple, gpus: list[int], num_gpus: int) -> Engine:
         env = dict(os.environ)
@@ -607,6 +621,7 @@ class Daemon:
             "total_steps", "chunk", "num_chunks", "generation", "num_generations", "sec_per_step", "gpus",
             "peak_mem", "error", "reason", "attempt_of", "priority", "gpus_wanted", "cwd", "engine_pid",
         )}
+        d["held"], d["after"] = bool(row.get("held")), row.get("after")
         if d["num_chunks"] is None and row["mode"] == "lvg":
             d["num_chunks"] = spec.get("num_chunks")
         if d["num_generations"] is None and row["mode"] == "bestofn":
@@ -618,8 +633,13 @@ class Daemon:
         d["place"] = place
         d["wait_reason"] = None
         if row["state"] == "queued":
+            waiting = waiting_on(row, set())
             if self.paused:
                 d["wait_reason"] = "queue paused"
+            elif waiting == "held":
+                d["wait_reason"] = "held; release it to run"
+            elif waiting and (self.store.job(row["after"]) or {}).get("state") != "done":
+                d["wait_reason"] = f"waiting for job {row['after']} to finish"
             elif place == 1:
                 d["wait_reason"] = f"waiting for {row['gpus_wanted']} free GPU(s)"
             else:
@@ -670,10 +690,23 @@ class Daemon:
         return {"pong": True, "pid": os.getpid(), "protocol": PROTOCOL_VERSION, "home": str(self.home),
                 "started": self.started, "warnings": self.warnings}
 
+    def _after(self, req: dict) -> int | None:
+        after = req.get("after")
+        if after is None:
+            return None
+        if not isinstance(after, int) or isinstance(after, bool) or self.store.job(after) is None:
+            raise RequestError(f"after: {after!r} is not the id of a job; give the id of an existing job")
+        state = self.store.job(after)["state"]
+        if state in ("failed", "cancelled", "interrupted"):
+            raise RequestError(f"after: job {after} is {state} and will never finish; retry it first, then "
+                               f"submit after the retry")
+        return after
+
     def op_submit(self, req):
         cwd = self._cwd(req)
+        after = self._after(req)
         spec = self._checked(req.get("spec"), req.get("preset"), cwd, self.store.claimed_paths())
-        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), cwd)
+        jid = self.store.add_job(spec, req.get("preset"), self._priority(req), cwd, after=after)
         self._job_log(jid, f"job {jid} queued" + (f" from preset {req.get('preset')}" if req.get("preset") else ""))
         self.broadcast_state(jid, "queued")
         self.wake.set()
@@ -782,6 +815,24 @@ class Daemon:
         self.broadcast({"event": "queue", "job": jid, "t": time.time(), "paused": self.paused,
                         "reason": self.store.get_meta("pause_reason")})
         return place
+
+    def _set_held(self, req, held: bool):
+        jid = self._job_id(req)
+        state = self.store.job(jid)["state"]
+        if state != "queued":
+            raise RequestError(f"job {jid} is {state}; only a queued job can be {'held' if held else 'released'}")
+        self.store.update(jid, held=int(held))
+        self._job_log(jid, f"job {jid} {'held' if held else 'released'}")
+        self.broadcast({"event": "queue", "job": jid, "t": time.time(), "paused": self.paused,
+                        "reason": self.store.get_meta("pause_reason")})
+        self.wake.set()
+        return held
+
+    def op_hold(self, req):
+        return self._set_held(req, True)
+
+    def op_release(self, req):
+        return self._set_held(req, False)
 
     def op_queue(self, req):
         counts: dict[str, int] = {}

@@ -104,7 +104,13 @@ def _m1_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+def _m2_hold_and_after(db: sqlite3.Connection) -> None:
+    # a flag, not a state: a held job is still queued (its place, its transitions), only passed over
+    _script(db, "ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0; "
+                "ALTER TABLE jobs ADD COLUMN after INTEGER REFERENCES jobs(id)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_hold_and_after]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -256,8 +262,9 @@ class Store:
         cwd: str | None = None,
         attempt_of: int | None = None,
         front: bool = False,
+        after: int | None = None,
     ) -> int:
-        return self.add_jobs([spec], preset, priority, cwd, attempt_of, front)[0]
+        return self.add_jobs([spec], preset, priority, cwd, attempt_of, front, after)[0]
 
     def add_jobs(
         self,
@@ -267,6 +274,7 @@ class Store:
         cwd: str | None = None,
         attempt_of: int | None = None,
         front: bool = False,
+        after: int | None = None,
     ) -> list[int]:
         """Insert queued jobs in one transaction: all of them or none.
 
@@ -283,7 +291,7 @@ class Store:
                     spec = _distinct_save_path(spec, cwd, taken, self._next_id())
                 cur = self.db.execute(
                     "INSERT INTO jobs (spec, preset, mode, prompt, state, priority, gpus_wanted, cwd, "
-                    "created, attempt_of) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    "created, attempt_of, after) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                     (
                         json.dumps(spec),
                         preset,
@@ -294,6 +302,7 @@ class Store:
                         cwd,
                         now,
                         attempt_of,
+                        after,
                     ),
                 )
                 ids.append(cur.lastrowid)

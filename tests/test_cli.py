@@ -181,3 +181,30 @@ def test_prompts_are_text_not_markup_or_escape_sequences(daemon):
     res = cli("submit", "--set", "prompt=caf\udce9")  # argv bytes that are not UTF-8
     (new,) = [int(w) for w in res.output.split() if w.isdigit()]
     assert daemon.job(new)["prompt"] == "caf\ufffd"
+
+
+def test_hold_release_and_after(daemon, wait_until):
+    cli("pause")
+    a = json.loads(cli("submit", "--set", "prompt=a", "--json").output)[0]
+    b = json.loads(cli("submit", "--set", "prompt=b", "--after", a, "--json").output)[0]
+    c = json.loads(cli("submit", "--set", "prompt=c", "--json").output)[0]
+    assert daemon.job(b)["after"] == a
+    assert "held" in cli("hold", c).output
+    cli("resume")
+    wait_until(lambda: daemon.job(b)["state"] == "done", what="b to run after a")
+    assert daemon.job(a)["finished"] <= daemon.job(b)["started"]
+    held = daemon.job(c)
+    assert held["state"] == "queued" and held["held"] and "held" in held["wait_reason"]
+    cli("release", c)
+    wait_until(lambda: daemon.job(c)["state"] == "done", what="c to run once released")
+    assert cli("hold", c, ok=False).exit_code == 2  # only a queued job can be held
+
+    cli("pause")
+    d = json.loads(cli("submit", "--set", "prompt=d", "--json").output)[0]
+    e = json.loads(cli("submit", "--set", "prompt=e", "--after", d, "--json").output)[0]
+    f = json.loads(cli("submit", "--set", "prompt=f", "--after", e, "--json").output)[0]
+    cli("cancel", d)
+    cli("resume")
+    wait_until(lambda: daemon.job(f)["state"] == "failed", what="the chain of dependents to fail")
+    assert daemon.job(e)["reason"] == daemon.job(f)["reason"] == "dependency"
+    assert cli("submit", "--set", "prompt=g", "--after", d, ok=False).exit_code == 2
