@@ -15,8 +15,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App
+from textual.widgets import Input, TextArea
 from textual.signal import Signal
 
 from cosmos_tui import images
@@ -30,11 +31,15 @@ from cosmos_tui.messages import (
     JobsSubmitted,
     SubmitRequested,
 )
-from cosmos_tui.screens.commands import CosmosCommands, bindings
+from cosmos_tui.screens.commands import COMMANDS, CosmosCommands, bindings
 from cosmos_tui.screens.gpus import GpuScreen
 from cosmos_tui.screens.presets import PresetsScreen
 from cosmos_tui.screens.queue import QueueScreen
 from cosmos_tui.widgets.gpu_card import HISTORY
+
+# actions on printable keys: a user typing text into a field or a form must never trigger them
+LETTER_KEYS = {"question_mark", "slash", "left_square_bracket", "right_square_bracket"}
+LETTER_ACTIONS = frozenset(c.action for c in COMMANDS if len(c.key) == 1 or c.key in LETTER_KEYS)
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 
@@ -92,6 +97,46 @@ class CosmosApp(App):
         self.jobs_changed: Signal[dict] = Signal(self, "jobs")
         self.gpus_changed: Signal[list] = Signal(self, "gpus")
         self.connection_changed: Signal[str | None] = Signal(self, "connection")
+
+    # -- keys --
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            held = getattr(self.screen, "held_keys", None)
+            if held is not None:  # a form screen is still mounting: it replays these in order
+                held.append(event)
+                return
+            await self.route_key(event)
+            return
+        await super().on_event(event)
+
+    async def route_key(self, event: events.Key) -> None:
+        # Tab between a form's fields moves focus now, not when the Tab has bubbled back up from
+        # the field, so the keys after it in the same burst go to the next field
+        if (event.key in ("tab", "shift+tab") and getattr(self.screen, "takes_text", False)
+                and isinstance(self.focused, Input)):
+            if event.key == "tab":
+                self.screen.focus_next()
+            else:
+                self.screen.focus_previous()
+            return
+        # A key bound here (s, 3, enter on the queue, ...) acts now, before the next key of the
+        # burst is read: Textual would only run the binding once the key had bubbled back up from
+        # the focused widget, and by then the keys after it had gone to the old screen. Widgets
+        # that take text get the key first, as always.
+        if not self.typing() and type(self.focused).__name__ != "SelectOverlay":
+            if await self._check_bindings(event.key, priority=True) or await self._check_bindings(event.key):
+                return
+        await super().on_event(event)
+
+    def typing(self) -> bool:
+        """True while keys are text: a text field has focus or a form screen is on top."""
+        return getattr(self.screen, "takes_text", False) or isinstance(self.focused, (Input, TextArea))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in LETTER_ACTIONS and self.typing():
+            return False
+        return True
 
     def on_mount(self) -> None:
         # GPUs are sampled once the connection attempt is decided: from the daemon (which knows

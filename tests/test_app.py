@@ -565,3 +565,70 @@ async def test_job_detail_shows_a_contact_sheet_in_halfcell_mode(fake, tmp_path)
         await wait_for(pilot, lambda: sheet.loaded == str(video), what="frames")
         assert len(sheet.query(".sheet-image")) == 1
         assert os.path.basename(str(video)) in screen_text(app)
+
+
+# -- keys: nothing typed is lost or misrouted --
+
+
+def burst(app, keys):
+    """Post keys the way a terminal delivers a fast burst: all at once, before any is handled
+    (pilot.press waits for each key, which hides ordering bugs)."""
+    from textual import events
+
+    chars = {"space": " ", "tab": "\t"}
+    for k in keys:
+        app.post_message(events.Key(k, chars.get(k, k if len(k) == 1 else None)))
+
+
+async def test_keys_typed_right_after_opening_the_submit_form_land_in_its_fields(fake):
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.polls >= 1, what="first refresh")
+        burst(app, ["s", *"hello", "space", *"world", "tab", *"/tmp/x.jpg"])
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "SubmitScreen"
+                       and app.screen.query_one("#submit-input_path", Input).value == "/tmp/x.jpg",
+                       what="the path in its field")
+        assert app.screen.query_one("#submit-prompt", Input).value == "hello world"
+
+
+async def test_preset_editor_focuses_its_first_field_and_letters_stay_text(fake):
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.polls >= 1, what="first refresh")
+        burst(app, ["3", "e", *"quick3"])  # q quits and 3 switches screens, unless they are text
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor"
+                       and app.screen.query_one("#in-name", Input).value == "quick3", what="quick3 typed")
+        assert app.is_running and isinstance(app.focused, Input) and app.focused.id == "in-name"
+        assert "editing" in str(app.screen.query_one("#editor-head", Static).render())
+        # a Select focused in the editor is not a text field, but the editor is: keys stay off
+        app.screen.set_focus(app.screen.query_one("#in-resolution"))
+        await pilot.press("q", "2", "1")
+        assert app.is_running and app.screen.__class__.__name__ == "PresetEditor"
+
+
+def test_preset_editor_says_it_is_loading_until_its_fields_are_there():
+    from cosmos_tui.presets import list_presets
+    from cosmos_tui.screens.preset_editor import PresetEditor
+
+    editor = PresetEditor(next(p for p in list_presets() if p.spec is not None))
+    head = next(w for w in editor.compose() if getattr(w, "id", None) == "editor-head")
+    assert "loading" in str(head.render())
+
+
+async def test_escape_with_dirty_edits_asks_before_dropping_them(fake):
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3", "e")
+        await wait_for(pilot, lambda: isinstance(app.focused, Input), what="the editor's first field")
+        await pilot.press("escape")  # nothing edited: leaves at once
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="the list")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.focused, Input), what="the editor's first field")
+        await pilot.press(*"x", "escape")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        assert "Discard" in screen_text(app)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="back to the edit")
+        assert app.screen.query_one("#in-name", Input).value == "x"
+        await pilot.press("escape", "y")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="edits dropped")

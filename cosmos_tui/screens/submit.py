@@ -16,6 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from cosmos_tui.messages import SubmitRequested
+from cosmos_tui.screens.form import FormScreen
 from cosmos_tui.screens.preset_editor import errors_by_field
 
 MAX_COPIES = 100
@@ -59,7 +60,9 @@ def build_specs(preset_spec: dict, prompt: str, input_path: str, seed: str, coun
     return [{**overrides, "seed": base_seed + i} for i in range(n)], {}
 
 
-class SubmitScreen(ModalScreen):
+class SubmitScreen(FormScreen, ModalScreen):
+    FIRST_FIELD = "#submit-prompt"
+    AUTO_FOCUS = "#submit-prompt"
     BINDINGS = [
         Binding("escape", "dismiss_form", "Cancel"),
         Binding("ctrl+s", "submit", "Queue", priority=True),
@@ -70,6 +73,7 @@ class SubmitScreen(ModalScreen):
         self.initial = preset
         self.presets: dict = {}
         self.errors: dict = {}
+        self._hold_keys()
 
     def compose(self) -> ComposeResult:
         from cosmos_tui.presets import list_presets
@@ -95,10 +99,10 @@ class SubmitScreen(ModalScreen):
                 yield Button("Queue (ctrl+s)", variant="primary", id="submit-go", compact=True)
                 yield Button("Cancel", id="submit-cancel", compact=True)
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self.query(".field-error").set(display=False)
         self._placeholders()
-        self.query_one("#submit-prompt", Input).focus()
+        await self.release_keys()
 
     @property
     def preset_name(self) -> str | None:
