@@ -91,6 +91,7 @@ class CosmosApp(App):
         self.connection_error: str | None = "connecting"
         self.selected_job: int | None = None
         self.polls = 0
+        self.gpu_polls = 0  # answers handled, for tests
         self._poll_timer = None
         self._gpu_timer = None
         self._reconnect_timer = None
@@ -235,6 +236,7 @@ class CosmosApp(App):
 
     @on(GpusSampled)
     def _gpus_sampled(self, message: GpusSampled) -> None:
+        self.gpu_polls += 1
         self.gpus = message.gpus
         self.gpu_source = message.source
         for g in message.gpus:

@@ -61,7 +61,7 @@ def world(cosmos_home, frozen_gpus):
     for p in ("a cat", "a dog"):
         fake.submit({"prompt": p}, preset="tiny-cpu")
     fake.pause("paused by the user")
-    return types.SimpleNamespace(fake=fake, tmp=tmp_path, running=running, best=best)
+    return types.SimpleNamespace(fake=fake, tmp=tmp_path, running=running, best=best, done=done)
 
 
 def normalise(text: str, tmp: Path) -> str:
