@@ -31,3 +31,7 @@ class FormScreen:
             event = self.held_keys.pop(0)
             await self.app.route_key(event)
         self.held_keys = None
+
+    def on_unmount(self) -> None:
+        # the app's letter keys were off while this was up; the footers should show them again
+        self.app.call_later(self.app.refresh_bindings)

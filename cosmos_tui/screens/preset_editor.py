@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
 
 from cosmos_tui.screens.form import FormScreen
+from cosmos_tui.widgets.quiet import QuietStatic
 from engine.spec import GenerationSpec, SpecError, spec_from_dict
 
 LONG_TEXT = ("prompt", "negative_prompt")
@@ -90,7 +91,7 @@ class PresetEditor(FormScreen, Screen[str | None]):
 
     def compose(self) -> ComposeResult:
         # the form's ~40 rows mount in on_mount, so this line shows while they do
-        yield Static(f"loading the editor for {self.preset.name}…", id="editor-head", markup=False)
+        yield QuietStatic(f"loading the editor for {self.preset.name}…", id="editor-head", markup=False)
         yield VerticalScroll(id="editor-form")
         yield Footer()
 
@@ -99,11 +100,11 @@ class PresetEditor(FormScreen, Screen[str | None]):
         rows += self._row("description", Input(self.preset.description or "", id="in-description", compact=True))
         for name in GenerationSpec.model_fields:
             rows += self._row(name, self._widget(name))
-        return rows + [Static(id="err-spec", classes="field-error", markup=False)]
+        return rows + [QuietStatic(id="err-spec", classes="field-error", markup=False)]
 
     def _row(self, name: str, widget) -> list:
         return [Horizontal(Label(name, classes="form-label"), widget, classes="form-row"),
-                Static(id=f"err-{name}", classes="field-error", markup=False)]
+                QuietStatic(id=f"err-{name}", classes="field-error", markup=False)]
 
     def _widget(self, name: str):
         kind, choices = field_kind(name)

@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Footer, Static
 from cosmos_tui.screens.commands import bindings
 from cosmos_tui.widgets.banner import ConnectionBanner
 from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
+from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
 
 def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
@@ -25,12 +26,12 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
     return f"queue {head} · " + (", ".join(parts) or "no jobs") + f" · {shown}"
 
 
-class QueueScreen(Screen):
+class QueueScreen(QuietBackground, Screen):
     BINDINGS = bindings("queue")
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(id="queue-status", markup=False)
+        yield QuietStatic(id="queue-status", markup=False)
         yield QueueTable(clock=self.app.clock, id="queue-table")
         yield Footer()
 
@@ -38,11 +39,20 @@ class QueueScreen(Screen):
         self.app.jobs_changed.subscribe(self, self._jobs_changed)
         self._jobs_changed(self.app.jobs)
 
+    def on_screen_resume(self) -> None:
+        if getattr(self, "_stale", False):
+            self._jobs_changed(self.app.jobs)
+
     @property
     def table(self) -> QueueTable:
         return self.query_one(QueueTable)
 
     def _jobs_changed(self, jobs: dict) -> None:
+        # under a detail screen the table is not seen, and touching it repaints the screen on top
+        if self.app.screen is not self and self.is_mounted and self.table.row_count:
+            self._stale = True
+            return
+        self._stale = False
         table = self.table
         table.sync(jobs.values())
         wanted = self.app.selected_job

@@ -18,6 +18,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 from cosmos_tui.messages import SubmitRequested
 from cosmos_tui.screens.form import FormScreen
 from cosmos_tui.screens.preset_editor import errors_by_field
+from cosmos_tui.widgets.quiet import QuietStatic
 
 MAX_COPIES = 100
 FIELDS = ("prompt", "input_path", "seed", "count")
@@ -83,7 +84,7 @@ class SubmitScreen(FormScreen, ModalScreen):
         first = self.initial if self.initial in self.presets else (
             "tiny-cpu" if "tiny-cpu" in self.presets else (names[0] if names else None))
         with Vertical(id="submit-box"):
-            yield Static("Queue jobs from a preset (blank = the preset's value)", id="submit-head")
+            yield QuietStatic("Queue jobs from a preset (blank = the preset's value)", id="submit-head")
             with Horizontal(classes="form-row"):
                 yield Label("preset", classes="form-label")
                 yield Select([(n, n) for n in names], value=first if first else Select.NULL, allow_blank=False,
@@ -93,8 +94,8 @@ class SubmitScreen(FormScreen, ModalScreen):
                 with Horizontal(classes="form-row"):
                     yield Label(label, classes="form-label")
                     yield Input(id=f"submit-{field}", compact=True)
-                yield Static(id=f"submit-err-{field}", classes="field-error", markup=False)
-            yield Static(id="submit-err-spec", classes="field-error", markup=False)
+                yield QuietStatic(id=f"submit-err-{field}", classes="field-error", markup=False)
+            yield QuietStatic(id="submit-err-spec", classes="field-error", markup=False)
             with Horizontal(id="submit-buttons"):
                 yield Button("Queue (ctrl+s)", variant="primary", id="submit-go", compact=True)
                 yield Button("Cancel", id="submit-cancel", compact=True)

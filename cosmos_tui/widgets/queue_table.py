@@ -11,6 +11,7 @@ import time
 from typing import Callable, Iterable
 
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 from cosmos_tui.widgets import format as fmt
 
@@ -89,6 +90,7 @@ class QueueTable(DataTable):
         for stale in [k for k in self._cells if k not in set(keys)]:
             self.remove_row(stale)
             del self._cells[stale]
+        changed: list[str] = []
         for job in wanted:
             key = str(job["id"])
             cells = row_cells(job, self.clock, self.prompt_width)
@@ -99,13 +101,23 @@ class QueueTable(DataTable):
             else:
                 for col, text in cells.items():
                     if old.get(col) != text:
-                        self.update_cell(key, col, text)
+                        self._set_cell(key, col, text)
                         self.cell_updates += 1
+                        changed.append(key)
             self._cells[key] = cells
+        for key in dict.fromkeys(changed):
+            self.refresh_row(self.get_row_index(key))
         if keys != self._order_of_rows():
             place = {k: i for i, k in enumerate(keys)}
             self.sort("id", key=lambda job_id: place.get(job_id, len(place)))
         self._order = keys
+
+    def _set_cell(self, key: str, column: str, text: str) -> None:
+        # DataTable.update_cell repaints the whole table; with one job running that was every
+        # row every second. The new value goes in the same way, and only its row is repainted
+        # (sync calls refresh_row); the update count drops the table's cached row renders.
+        self._data[RowKey(key)][ColumnKey(column)] = text
+        self._update_count += 1
 
     def _order_of_rows(self) -> list[str]:
         return [row.key.value for row in self.ordered_rows]
