@@ -41,6 +41,19 @@ from cosmos_tui.widgets.gpu_card import HISTORY
 LETTER_KEYS = {"question_mark", "slash", "left_square_bracket", "right_square_bracket"}
 LETTER_ACTIONS = frozenset(c.action for c in COMMANDS if len(c.key) == 1 or c.key in LETTER_KEYS)
 
+ENDED = {"done": "done", "failed": "failed", "cancelled": "cancelled", "interrupted": "interrupted"}
+
+
+def osc9_supported(env=None) -> bool:
+    """Terminals that show OSC 9 as a notification (others may print it, or beep); tmux and
+    screen swallow it unless passed through, so not inside them."""
+    env = os.environ if env is None else env
+    if env.get("TMUX") or env.get("STY"):
+        return False
+    term, program = env.get("TERM", ""), env.get("TERM_PROGRAM", "")
+    return program in ("iTerm.app", "WezTerm", "ghostty") or "kitty" in term or bool(env.get("KITTY_WINDOW_ID"))
+
+
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 
 
@@ -204,10 +217,33 @@ class CosmosApp(App):
     @on(JobsRefreshed)
     def _jobs_refreshed(self, message: JobsRefreshed) -> None:
         self.polls += 1
+        before = self.jobs
         self.jobs = {j["id"]: j for j in message.jobs}
+        if self.polls > 1:
+            self._announce_ends(before, self.jobs)
         self.queue_info = message.queue or {}
         self.jobs_changed.publish(self.jobs)
         self._arm_poll()
+
+    def _announce_ends(self, before: dict, now: dict) -> None:
+        for jid, job in now.items():
+            old = (before.get(jid) or {}).get("state")
+            state = job.get("state")
+            if old in ("queued", "running") and state in ENDED:
+                severity = "information" if state == "done" else "warning"
+                why = f": {job['error']}" if state == "failed" and job.get("error") else ""
+                self.notify(f"job {jid} {state}{why}", title="job ended", severity=severity, markup=False)
+                self.bell()
+                self._desktop_notice(f"cosmos-tui: job {int(jid)} {ENDED[state]}")
+
+    def _desktop_notice(self, text: str) -> None:
+        """OSC 9 (a desktop notification) on terminals known to show it. `text` is built here
+        from a job number and a fixed word, never from user text, and is checked once more."""
+        if not osc9_supported() or not all(c.isalnum() or c in " :-" for c in text):
+            return
+        driver = getattr(self, "_driver", None)
+        if driver is not None and not self.is_headless:
+            driver.write(f"\x1b]9;{text}\x07")
 
     def _arm_poll(self) -> None:
         if self._poll_timer is not None:
@@ -356,8 +392,19 @@ class CosmosApp(App):
 
     def action_cancel_job(self) -> None:
         job = self._need_job()
-        if job is not None:
+        if job is None:
+            return
+        if (self.jobs.get(job) or {}).get("state") != "running":
             self.call_daemon("cancel", job, "cancel", job)
+            return
+        from cosmos_tui.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.call_daemon("cancel", job, "cancel", job)
+
+        # a running job loses its progress: ask first
+        self.push_screen(ConfirmScreen(f"Job {job} is running. Cancel it and lose its progress?"), answered)
 
     def action_retry_job(self) -> None:
         job = self._need_job()

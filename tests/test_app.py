@@ -155,8 +155,9 @@ async def test_cancel_retry_pause_and_move(fake):
         await pilot.pause()
         await pilot.press("left_square_bracket")
         await wait_for(pilot, lambda: ("move", ids[2], -1) in fake.calls, what="move call")
-        await wait_for(pilot, lambda: [r.key.value for r in table(app).ordered_rows][:2] == [str(ids[0]), str(ids[2])],
-                       what="reordered rows")
+        # rows stay newest first; the row says the job's new place in the queue
+        await wait_for(pilot, lambda: cell(app, ids[2], "progress") == "#2 in queue", what="the new place")
+        assert [r.key.value for r in table(app).ordered_rows] == [str(i) for i in reversed(ids)]
         assert table(app).selected_job == ids[2]  # the cursor follows the moved job
         await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: ("move", ids[2], 1) in fake.calls, what="move down")
@@ -632,3 +633,72 @@ async def test_escape_with_dirty_edits_asks_before_dropping_them(fake):
         assert app.screen.query_one("#in-name", Input).value == "x"
         await pilot.press("escape", "y")
         await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="edits dropped")
+
+
+# -- queue: order, keys, confirmation, why a job failed; notices when a job ends --
+
+
+async def test_queue_is_newest_first_with_vi_keys_and_says_why_a_job_failed(fake):
+    a = fake.submit({"prompt": "first"}, preset="tiny-cpu")
+    b = fake.submit({"prompt": "second"}, preset="tiny-cpu")
+    c = fake.submit({"prompt": "third"}, preset="tiny-cpu")
+    fake.start(b)
+    fake.fail(b, "CUDA out of memory: try 480p", "oom")
+    fake.start(a)
+    fake._jobs[a]["state"] = "interrupted"
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 3, what="rows")
+        assert [r.key.value for r in table(app).ordered_rows] == [str(c), str(b), str(a)]
+        assert cell(app, a, "state") == "interrupted"
+        assert "interrupted" in screen_text(app)  # not cut at 80 columns
+        await pilot.press("j")
+        assert app.selected_job == b
+        assert f"job {b} failed: CUDA out of memory: try 480p" in screen_text(app)
+        await pilot.press("G")
+        assert app.selected_job == a
+        await pilot.press("g")
+        assert app.selected_job == c and "failed:" not in screen_text(app)
+        await pilot.press("end")
+        assert app.selected_job == a
+        await pilot.press("k", "home")
+        assert app.selected_job == c
+
+
+async def test_cancelling_a_running_job_asks_first(fake):
+    a = fake.submit({"prompt": "running"}, preset="tiny-cpu")
+    fake.start(a)
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="the row")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        await pilot.press("n")
+        await pilot.pause()
+        assert not any(call[0] == "cancel" for call in fake.calls)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: any(call[0] == "cancel" for call in fake.calls), what="the cancel")
+
+
+async def test_a_job_that_ends_gives_a_toast_and_a_bell(fake, monkeypatch):
+    from cosmos_tui import app as app_module
+
+    a = fake.submit({"prompt": "a [bold]kite[/bold]"}, preset="tiny-cpu")
+    fake.start(a)
+    app = make_app(fake)
+    bells, notes = [], []
+    monkeypatch.setattr(app, "bell", lambda: bells.append(1))
+    monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="the row")
+        await refreshed(pilot)
+        assert not bells  # nothing ended yet
+        fake.fail(a, "boom [red]x[/red]")
+        await refreshed(pilot)
+        assert bells == [1]
+        assert notes[-1][0] == f"job {a} failed: boom [red]x[/red]" and notes[-1][1]["markup"] is False
+    assert not app_module.osc9_supported({"TERM": "xterm-kitty", "TMUX": "/tmp/x"})
+    assert app_module.osc9_supported({"TERM": "xterm-kitty"})
+    assert not app_module.osc9_supported({"TERM": "xterm-256color"})

@@ -33,6 +33,7 @@ class QueueScreen(QuietBackground, Screen):
         yield ConnectionBanner()
         yield QuietStatic(id="queue-status", markup=False)
         yield QueueTable(clock=self.app.clock, id="queue-table")
+        yield QuietStatic(id="queue-why", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -58,8 +59,21 @@ class QueueScreen(QuietBackground, Screen):
         wanted = self.app.selected_job
         if wanted is not None and wanted != table.selected_job and str(wanted) in table.rows:
             table.select_job(wanted)
-        self.query_one("#queue-status", Static).update(
+        self.query_one("#queue-status", QuietStatic).update(
             status_text(self.app.queue_info, jobs, table.state_filter))
+        self._show_why()
+
+    def _show_why(self) -> None:
+        """Under the table: why the selected job failed (or was cancelled / interrupted)."""
+        selected = self.table.selected_job
+        job = self.app.jobs.get(selected) if selected is not None else None
+        why = ""
+        if job and job.get("state") in ("failed", "cancelled", "interrupted"):
+            reason = job.get("error") or job.get("reason") or "no reason recorded"
+            why = f"job {job['id']} {job['state']}: {reason}"
+        box = self.query_one("#queue-why", QuietStatic)
+        box.update(why)
+        box.display = bool(why)
 
     def cycle_filter(self) -> None:
         table = self.table
@@ -70,6 +84,7 @@ class QueueScreen(QuietBackground, Screen):
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and event.row_key.value is not None:
             self.app.selected_job = int(event.row_key.value)
+        self._show_why()
 
     @on(DataTable.RowSelected)
     def _selected(self, event: DataTable.RowSelected) -> None:
