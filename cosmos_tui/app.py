@@ -15,8 +15,9 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App
+from textual.widgets import Input, TextArea
 from textual.signal import Signal
 
 from cosmos_tui import images
@@ -30,11 +31,28 @@ from cosmos_tui.messages import (
     JobsSubmitted,
     SubmitRequested,
 )
-from cosmos_tui.screens.commands import CosmosCommands, bindings
+from cosmos_tui.screens.commands import COMMANDS, CosmosCommands, bindings
 from cosmos_tui.screens.gpus import GpuScreen
 from cosmos_tui.screens.presets import PresetsScreen
 from cosmos_tui.screens.queue import QueueScreen
 from cosmos_tui.widgets.gpu_card import HISTORY
+
+# actions on printable keys: a user typing text into a field or a form must never trigger them
+LETTER_KEYS = {"question_mark", "slash", "left_square_bracket", "right_square_bracket"}
+LETTER_ACTIONS = frozenset(c.action for c in COMMANDS if len(c.key) == 1 or c.key in LETTER_KEYS)
+
+ENDED = {"done": "done", "failed": "failed", "cancelled": "cancelled", "interrupted": "interrupted"}
+
+
+def osc9_supported(env=None) -> bool:
+    """Terminals that show OSC 9 as a notification (others may print it, or beep); tmux and
+    screen swallow it unless passed through, so not inside them."""
+    env = os.environ if env is None else env
+    if env.get("TMUX") or env.get("STY"):
+        return False
+    term, program = env.get("TERM", ""), env.get("TERM_PROGRAM", "")
+    return program in ("iTerm.app", "WezTerm", "ghostty") or "kitty" in term or bool(env.get("KITTY_WINDOW_ID"))
+
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 
@@ -86,12 +104,53 @@ class CosmosApp(App):
         self.connection_error: str | None = "connecting"
         self.selected_job: int | None = None
         self.polls = 0
+        self.gpu_polls = 0  # answers handled, for tests
         self._poll_timer = None
         self._gpu_timer = None
         self._reconnect_timer = None
         self.jobs_changed: Signal[dict] = Signal(self, "jobs")
         self.gpus_changed: Signal[list] = Signal(self, "gpus")
         self.connection_changed: Signal[str | None] = Signal(self, "connection")
+
+    # -- keys --
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded:
+            held = getattr(self.screen, "held_keys", None)
+            if held is not None:  # a form screen is still mounting: it replays these in order
+                held.append(event)
+                return
+            await self.route_key(event)
+            return
+        await super().on_event(event)
+
+    async def route_key(self, event: events.Key) -> None:
+        # Tab between a form's fields moves focus now, not when the Tab has bubbled back up from
+        # the field, so the keys after it in the same burst go to the next field
+        if (event.key in ("tab", "shift+tab") and getattr(self.screen, "takes_text", False)
+                and isinstance(self.focused, Input)):
+            if event.key == "tab":
+                self.screen.focus_next()
+            else:
+                self.screen.focus_previous()
+            return
+        # A key bound here (s, 3, enter on the queue, ...) acts now, before the next key of the
+        # burst is read: Textual would only run the binding once the key had bubbled back up from
+        # the focused widget, and by then the keys after it had gone to the old screen. Widgets
+        # that take text get the key first, as always.
+        if not self.typing() and type(self.focused).__name__ != "SelectOverlay":
+            if await self._check_bindings(event.key, priority=True) or await self._check_bindings(event.key):
+                return
+        await super().on_event(event)
+
+    def typing(self) -> bool:
+        """True while keys are text: a text field has focus or a form screen is on top."""
+        return getattr(self.screen, "takes_text", False) or isinstance(self.focused, (Input, TextArea))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in LETTER_ACTIONS and self.typing():
+            return False
+        return True
 
     def on_mount(self) -> None:
         # GPUs are sampled once the connection attempt is decided: from the daemon (which knows
@@ -158,10 +217,33 @@ class CosmosApp(App):
     @on(JobsRefreshed)
     def _jobs_refreshed(self, message: JobsRefreshed) -> None:
         self.polls += 1
+        before = self.jobs
         self.jobs = {j["id"]: j for j in message.jobs}
+        if self.polls > 1:
+            self._announce_ends(before, self.jobs)
         self.queue_info = message.queue or {}
         self.jobs_changed.publish(self.jobs)
         self._arm_poll()
+
+    def _announce_ends(self, before: dict, now: dict) -> None:
+        for jid, job in now.items():
+            old = (before.get(jid) or {}).get("state")
+            state = job.get("state")
+            if old in ("queued", "running") and state in ENDED:
+                severity = "information" if state == "done" else "warning"
+                why = f": {job['error']}" if state == "failed" and job.get("error") else ""
+                self.notify(f"job {jid} {state}{why}", title="job ended", severity=severity, markup=False)
+                self.bell()
+                self._desktop_notice(f"cosmos-tui: job {int(jid)} {ENDED[state]}")
+
+    def _desktop_notice(self, text: str) -> None:
+        """OSC 9 (a desktop notification) on terminals known to show it. `text` is built here
+        from a job number and a fixed word, never from user text, and is checked once more."""
+        if not osc9_supported() or not all(c.isalnum() or c in " :-" for c in text):
+            return
+        driver = getattr(self, "_driver", None)
+        if driver is not None and not self.is_headless:
+            driver.write(f"\x1b]9;{text}\x07")
 
     def _arm_poll(self) -> None:
         if self._poll_timer is not None:
@@ -190,6 +272,7 @@ class CosmosApp(App):
 
     @on(GpusSampled)
     def _gpus_sampled(self, message: GpusSampled) -> None:
+        self.gpu_polls += 1
         self.gpus = message.gpus
         self.gpu_source = message.source
         for g in message.gpus:
@@ -309,8 +392,19 @@ class CosmosApp(App):
 
     def action_cancel_job(self) -> None:
         job = self._need_job()
-        if job is not None:
+        if job is None:
+            return
+        if (self.jobs.get(job) or {}).get("state") != "running":
             self.call_daemon("cancel", job, "cancel", job)
+            return
+        from cosmos_tui.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.call_daemon("cancel", job, "cancel", job)
+
+        # a running job loses its progress: ask first
+        self.push_screen(ConfirmScreen(f"Job {job} is running. Cancel it and lose its progress?"), answered)
 
     def action_retry_job(self) -> None:
         job = self._need_job()

@@ -155,8 +155,9 @@ async def test_cancel_retry_pause_and_move(fake):
         await pilot.pause()
         await pilot.press("left_square_bracket")
         await wait_for(pilot, lambda: ("move", ids[2], -1) in fake.calls, what="move call")
-        await wait_for(pilot, lambda: [r.key.value for r in table(app).ordered_rows][:2] == [str(ids[0]), str(ids[2])],
-                       what="reordered rows")
+        # rows stay newest first; the row says the job's new place in the queue
+        await wait_for(pilot, lambda: cell(app, ids[2], "progress") == "#2 in queue", what="the new place")
+        assert [r.key.value for r in table(app).ordered_rows] == [str(i) for i in reversed(ids)]
         assert table(app).selected_job == ids[2]  # the cursor follows the moved job
         await pilot.press("right_square_bracket")
         await wait_for(pilot, lambda: ("move", ids[2], 1) in fake.calls, what="move down")
@@ -565,3 +566,139 @@ async def test_job_detail_shows_a_contact_sheet_in_halfcell_mode(fake, tmp_path)
         await wait_for(pilot, lambda: sheet.loaded == str(video), what="frames")
         assert len(sheet.query(".sheet-image")) == 1
         assert os.path.basename(str(video)) in screen_text(app)
+
+
+# -- keys: nothing typed is lost or misrouted --
+
+
+def burst(app, keys):
+    """Post keys the way a terminal delivers a fast burst: all at once, before any is handled
+    (pilot.press waits for each key, which hides ordering bugs)."""
+    from textual import events
+
+    chars = {"space": " ", "tab": "\t"}
+    for k in keys:
+        app.post_message(events.Key(k, chars.get(k, k if len(k) == 1 else None)))
+
+
+async def test_keys_typed_right_after_opening_the_submit_form_land_in_its_fields(fake):
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.polls >= 1, what="first refresh")
+        burst(app, ["s", *"hello", "space", *"world", "tab", *"/tmp/x.jpg"])
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "SubmitScreen"
+                       and app.screen.query_one("#submit-input_path", Input).value == "/tmp/x.jpg",
+                       what="the path in its field")
+        assert app.screen.query_one("#submit-prompt", Input).value == "hello world"
+
+
+async def test_preset_editor_focuses_its_first_field_and_letters_stay_text(fake):
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.polls >= 1, what="first refresh")
+        burst(app, ["3", "e", *"quick3"])  # q quits and 3 switches screens, unless they are text
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor"
+                       and app.screen.query_one("#in-name", Input).value == "quick3", what="quick3 typed")
+        assert app.is_running and isinstance(app.focused, Input) and app.focused.id == "in-name"
+        assert "editing" in str(app.screen.query_one("#editor-head", Static).render())
+        # a Select focused in the editor is not a text field, but the editor is: keys stay off
+        app.screen.set_focus(app.screen.query_one("#in-resolution"))
+        await pilot.press("q", "2", "1")
+        assert app.is_running and app.screen.__class__.__name__ == "PresetEditor"
+
+
+def test_preset_editor_says_it_is_loading_until_its_fields_are_there():
+    from cosmos_tui.presets import list_presets
+    from cosmos_tui.screens.preset_editor import PresetEditor
+
+    editor = PresetEditor(next(p for p in list_presets() if p.spec is not None))
+    head = next(w for w in editor.compose() if getattr(w, "id", None) == "editor-head")
+    assert "loading" in str(head.render())
+
+
+async def test_escape_with_dirty_edits_asks_before_dropping_them(fake):
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3", "e")
+        await wait_for(pilot, lambda: isinstance(app.focused, Input), what="the editor's first field")
+        await pilot.press("escape")  # nothing edited: leaves at once
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="the list")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.focused, Input), what="the editor's first field")
+        await pilot.press(*"x", "escape")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        assert "Discard" in screen_text(app)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="back to the edit")
+        assert app.screen.query_one("#in-name", Input).value == "x"
+        await pilot.press("escape", "y")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="edits dropped")
+
+
+# -- queue: order, keys, confirmation, why a job failed; notices when a job ends --
+
+
+async def test_queue_is_newest_first_with_vi_keys_and_says_why_a_job_failed(fake):
+    a = fake.submit({"prompt": "first"}, preset="tiny-cpu")
+    b = fake.submit({"prompt": "second"}, preset="tiny-cpu")
+    c = fake.submit({"prompt": "third"}, preset="tiny-cpu")
+    fake.start(b)
+    fake.fail(b, "CUDA out of memory: try 480p", "oom")
+    fake.start(a)
+    fake._jobs[a]["state"] = "interrupted"
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 3, what="rows")
+        assert [r.key.value for r in table(app).ordered_rows] == [str(c), str(b), str(a)]
+        assert cell(app, a, "state") == "interrupted"
+        assert "interrupted" in screen_text(app)  # not cut at 80 columns
+        await pilot.press("j")
+        assert app.selected_job == b
+        assert f"job {b} failed: CUDA out of memory: try 480p" in screen_text(app)
+        await pilot.press("G")
+        assert app.selected_job == a
+        await pilot.press("g")
+        assert app.selected_job == c and "failed:" not in screen_text(app)
+        await pilot.press("end")
+        assert app.selected_job == a
+        await pilot.press("k", "home")
+        assert app.selected_job == c
+
+
+async def test_cancelling_a_running_job_asks_first(fake):
+    a = fake.submit({"prompt": "running"}, preset="tiny-cpu")
+    fake.start(a)
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="the row")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        await pilot.press("n")
+        await pilot.pause()
+        assert not any(call[0] == "cancel" for call in fake.calls)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: any(call[0] == "cancel" for call in fake.calls), what="the cancel")
+
+
+async def test_a_job_that_ends_gives_a_toast_and_a_bell(fake, monkeypatch):
+    from cosmos_tui import app as app_module
+
+    a = fake.submit({"prompt": "a [bold]kite[/bold]"}, preset="tiny-cpu")
+    fake.start(a)
+    app = make_app(fake)
+    bells, notes = [], []
+    monkeypatch.setattr(app, "bell", lambda: bells.append(1))
+    monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append((message, kw)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="the row")
+        await refreshed(pilot)
+        assert not bells  # nothing ended yet
+        fake.fail(a, "boom [red]x[/red]")
+        await refreshed(pilot)
+        assert bells == [1]
+        assert notes[-1][0] == f"job {a} failed: boom [red]x[/red]" and notes[-1][1]["markup"] is False
+    assert not app_module.osc9_supported({"TERM": "xterm-kitty", "TMUX": "/tmp/x"})
+    assert app_module.osc9_supported({"TERM": "xterm-kitty"})
+    assert not app_module.osc9_supported({"TERM": "xterm-256color"})

@@ -61,7 +61,7 @@ def world(cosmos_home, frozen_gpus):
     for p in ("a cat", "a dog"):
         fake.submit({"prompt": p}, preset="tiny-cpu")
     fake.pause("paused by the user")
-    return types.SimpleNamespace(fake=fake, tmp=tmp_path, running=running, best=best)
+    return types.SimpleNamespace(fake=fake, tmp=tmp_path, running=running, best=best, done=done)
 
 
 def normalise(text: str, tmp: Path) -> str:
@@ -158,7 +158,9 @@ async def test_submit_and_help(world, snapshot, size):
         app.screen.query_one("#submit-preset").focus()
         await pilot.pause()
         submit = normalise(screen_text(app), world.tmp)
-        await pilot.press("escape", "question_mark")
+        await pilot.press("escape")
+        await pilot.pause()  # the queue's footer shows its letter keys again once the form is gone
+        await pilot.press("question_mark")
         await pilot.pause()
         help_ = normalise(screen_text(app), world.tmp)
         assert {"submit": submit, "help": help_} == snapshot

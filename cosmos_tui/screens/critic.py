@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Footer, Static
 from cosmos_tui.messages import CriticLoaded
 from cosmos_tui.widgets.banner import ConnectionBanner
 from cosmos_tui.widgets.contact_sheet import ContactSheet
+from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
 
 def ranking_path(job: dict) -> str | None:
@@ -91,7 +92,7 @@ def trial_text(candidate: dict) -> Text:
     return out
 
 
-class CriticScreen(Screen):
+class CriticScreen(QuietBackground, Screen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("m", "play", "Play")]
 
     def __init__(self, job_id: int) -> None:
@@ -101,11 +102,11 @@ class CriticScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(f"critic results of job {self.job_id} (loading…)", id="critic-head", markup=False)
+        yield QuietStatic(f"critic results of job {self.job_id} (loading…)", id="critic-head", markup=False)
         yield DataTable(cursor_type="row", id="critic-table")
         with VerticalScroll(id="critic-detail"):
             yield ContactSheet(frames=3, columns=3, id="critic-thumbs")
-            yield Static(id="critic-trials", markup=False)
+            yield QuietStatic(id="critic-trials", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:

@@ -9,12 +9,13 @@ from textual.widgets import Footer, Static
 
 from cosmos_tui.widgets.banner import ConnectionBanner
 from cosmos_tui.widgets.gpu_card import GpuCard
+from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
 
-class GpuScreen(Screen):
+class GpuScreen(QuietBackground, Screen):
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(id="gpu-status", markup=False)
+        yield QuietStatic(id="gpu-status", markup=False)
         yield VerticalScroll(id="gpu-cards")
         yield Footer()
 

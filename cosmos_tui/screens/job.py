@@ -17,6 +17,7 @@ from cosmos_tui.widgets import format as fmt
 from cosmos_tui.widgets.banner import ConnectionBanner
 from cosmos_tui.widgets.contact_sheet import ContactSheet
 from cosmos_tui.widgets.log_view import LogView
+from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic, set_data
 
 MAX_POINTS = 400  # plotted samples; older ones scroll off
 
@@ -62,7 +63,7 @@ def spec_text(job: dict) -> str:
     return "\n".join(f"{k:<{width}} = {json.dumps(v)}" for k, v in spec.items()) or "(no spec)"
 
 
-class JobScreen(Screen):
+class JobScreen(QuietBackground, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("a", "tab('tab-progress')", "Progress", show=False),
@@ -86,23 +87,23 @@ class JobScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(f"job {self.job_id}", id="job-head", markup=False)
+        yield QuietStatic(f"job {self.job_id}", id="job-head", markup=False)
         with TabbedContent(id="job-tabs"):
             with TabPane("Progress", id="tab-progress"):
                 with VerticalScroll():
-                    yield Static(id="job-progress", markup=False)
-                    yield Static("seconds per step", classes="plot-label", markup=False)
+                    yield QuietStatic(id="job-progress", markup=False)
+                    yield QuietStatic("seconds per step", classes="plot-label", markup=False)
                     yield Sparkline([], id="spark-step")
-                    yield Static("GPU memory allocated (GiB)", classes="plot-label", markup=False)
+                    yield QuietStatic("GPU memory allocated (GiB)", classes="plot-label", markup=False)
                     yield Sparkline([], id="spark-mem")
-                    yield Static(id="job-outputs", markup=False)
+                    yield QuietStatic(id="job-outputs", markup=False)
             with TabPane("Log", id="tab-log"):
                 yield LogView(id="job-log")
                 yield Input(placeholder="search the log (enter: next, escape: close)", id="log-search")
-                yield Static(id="log-status", markup=False)
+                yield QuietStatic(id="log-status", markup=False)
             with TabPane("Spec", id="tab-spec"):
                 with VerticalScroll():
-                    yield Static(id="job-spec", markup=False)
+                    yield QuietStatic(id="job-spec", markup=False)
             with TabPane("Frames", id="tab-frames"):
                 with VerticalScroll():
                     yield ContactSheet(id="job-frames")
@@ -156,8 +157,8 @@ class JobScreen(Screen):
                 if isinstance(value, (int, float)):
                     self.memory_gib.append(value / 1024**3)
         if message.events:
-            self.query_one("#spark-step", Sparkline).data = self.step_seconds[-MAX_POINTS:]
-            self.query_one("#spark-mem", Sparkline).data = self.memory_gib[-MAX_POINTS:]
+            set_data(self.query_one("#spark-step", Sparkline), self.step_seconds[-MAX_POINTS:])
+            set_data(self.query_one("#spark-mem", Sparkline), self.memory_gib[-MAX_POINTS:])
         labels = self.query(".plot-label").results(Static)
         step_label, mem_label = list(labels)[:2]
         if self.step_seconds:

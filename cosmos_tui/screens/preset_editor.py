@@ -12,6 +12,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
 
+from cosmos_tui.screens.form import FormScreen
+from cosmos_tui.widgets.quiet import QuietStatic
 from engine.spec import GenerationSpec, SpecError, spec_from_dict
 
 LONG_TEXT = ("prompt", "negative_prompt")
@@ -71,7 +73,8 @@ def errors_by_field(message: str) -> dict[str, list[str]]:
     return out
 
 
-class PresetEditor(Screen[str | None]):
+class PresetEditor(FormScreen, Screen[str | None]):
+    FIRST_FIELD = "#in-name"
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("escape", "cancel", "Cancel"),
@@ -83,23 +86,25 @@ class PresetEditor(Screen[str | None]):
         self.initial_name = name or preset.name
         self.values: dict = dict(preset.spec.model_dump(mode="json")) if preset.spec else dict(preset.overrides)
         self.errors: dict[str, list[str]] = {}
+        self.pristine: tuple | None = None
+        self._hold_keys()
 
     def compose(self) -> ComposeResult:
-        yield Static(f"editing {self.preset.name} → saved as a user preset  (ctrl+s save, escape cancel)",
-                     id="editor-head", markup=False)
-        with VerticalScroll(id="editor-form"):
-            yield from self._row("name", Input(self.initial_name, id="in-name", compact=True))
-            yield from self._row("description", Input(self.preset.description or "", id="in-description", compact=True))
-            for name in GenerationSpec.model_fields:
-                yield from self._row(name, self._widget(name))
-            yield Static(id="err-spec", classes="field-error", markup=False)
+        # the form's ~40 rows mount in on_mount, so this line shows while they do
+        yield QuietStatic(f"loading the editor for {self.preset.name}…", id="editor-head", markup=False)
+        yield VerticalScroll(id="editor-form")
         yield Footer()
 
-    def _row(self, name: str, widget) -> ComposeResult:
-        with Horizontal(classes="form-row"):
-            yield Label(name, classes="form-label")
-            yield widget
-        yield Static(id=f"err-{name}", classes="field-error", markup=False)
+    def _rows(self) -> list:
+        rows = self._row("name", Input(self.initial_name, id="in-name", compact=True))
+        rows += self._row("description", Input(self.preset.description or "", id="in-description", compact=True))
+        for name in GenerationSpec.model_fields:
+            rows += self._row(name, self._widget(name))
+        return rows + [QuietStatic(id="err-spec", classes="field-error", markup=False)]
+
+    def _row(self, name: str, widget) -> list:
+        return [Horizontal(Label(name, classes="form-label"), widget, classes="form-row"),
+                QuietStatic(id=f"err-{name}", classes="field-error", markup=False)]
 
     def _widget(self, name: str):
         kind, choices = field_kind(name)
@@ -114,9 +119,22 @@ class PresetEditor(Screen[str | None]):
                           compact=True)
         return Input("" if value is None else str(value), id=wid, compact=True)
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
+        await self.query_one("#editor-form").mount_all(self._rows())
         self.query(".field-error").set(display=False)
         self.validate()
+        self.pristine = self._snapshot()
+        self.query_one("#editor-head", Static).update(
+            f"editing {self.preset.name} → saved as a user preset  (ctrl+s save, escape cancel)")
+        await self.release_keys()
+
+    def _snapshot(self) -> tuple:
+        return (self.query_one("#in-name", Input).value, self.query_one("#in-description", Input).value,
+                self.form_values())
+
+    @property
+    def dirty(self) -> bool:
+        return self.pristine is not None and self._snapshot() != self.pristine
 
     def form_values(self) -> dict:
         out = {}
@@ -150,12 +168,14 @@ class PresetEditor(Screen[str | None]):
     @on(Input.Changed)
     @on(Select.Changed)
     def _changed(self) -> None:
-        if self.is_mounted:
+        if self.pristine is not None:
             self.validate()
 
     def action_save(self) -> None:
         from cosmos_tui.presets import PresetError, save_user_preset
 
+        if self.pristine is None:  # still loading
+            return
         spec = self.validate()
         if spec is None:
             self.notify("fix the fields marked below first", severity="error")
@@ -170,5 +190,14 @@ class PresetEditor(Screen[str | None]):
         self.dismiss(name)
 
     def action_cancel(self) -> None:
-        self.dismiss(None)
+        if not self.dirty:
+            self.dismiss(None)
+            return
+        from cosmos_tui.screens.confirm import ConfirmScreen
+
+        def answered(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(None)
+
+        self.app.push_screen(ConfirmScreen(f"Discard your edits to {self.preset.name}?"), answered)
 

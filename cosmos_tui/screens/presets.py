@@ -13,6 +13,7 @@ from textual.widgets.option_list import Option
 
 from cosmos_tui.screens.commands import bindings
 from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
 
 def preset_text(preset) -> str:
@@ -25,7 +26,7 @@ def preset_text(preset) -> str:
     return "\n".join(head + lines)
 
 
-class PresetsScreen(Screen):
+class PresetsScreen(QuietBackground, Screen):
     BINDINGS = bindings("presets")
 
     def __init__(self) -> None:
@@ -37,7 +38,7 @@ class PresetsScreen(Screen):
         with Horizontal():
             yield OptionList(id="preset-list")
             with VerticalScroll(id="preset-view"):
-                yield Static(id="preset-text", markup=False)
+                yield QuietStatic(id="preset-text", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:

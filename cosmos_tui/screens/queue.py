@@ -10,6 +10,7 @@ from textual.widgets import DataTable, Footer, Static
 from cosmos_tui.screens.commands import bindings
 from cosmos_tui.widgets.banner import ConnectionBanner
 from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
+from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
 
 def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
@@ -25,31 +26,54 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
     return f"queue {head} · " + (", ".join(parts) or "no jobs") + f" · {shown}"
 
 
-class QueueScreen(Screen):
+class QueueScreen(QuietBackground, Screen):
     BINDINGS = bindings("queue")
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
-        yield Static(id="queue-status", markup=False)
+        yield QuietStatic(id="queue-status", markup=False)
         yield QueueTable(clock=self.app.clock, id="queue-table")
+        yield QuietStatic(id="queue-why", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.app.jobs_changed.subscribe(self, self._jobs_changed)
         self._jobs_changed(self.app.jobs)
 
+    def on_screen_resume(self) -> None:
+        if getattr(self, "_stale", False):
+            self._jobs_changed(self.app.jobs)
+
     @property
     def table(self) -> QueueTable:
         return self.query_one(QueueTable)
 
     def _jobs_changed(self, jobs: dict) -> None:
+        # under a detail screen the table is not seen, and touching it repaints the screen on top
+        if self.app.screen is not self and self.is_mounted and self.table.row_count:
+            self._stale = True
+            return
+        self._stale = False
         table = self.table
         table.sync(jobs.values())
         wanted = self.app.selected_job
         if wanted is not None and wanted != table.selected_job and str(wanted) in table.rows:
             table.select_job(wanted)
-        self.query_one("#queue-status", Static).update(
+        self.query_one("#queue-status", QuietStatic).update(
             status_text(self.app.queue_info, jobs, table.state_filter))
+        self._show_why()
+
+    def _show_why(self) -> None:
+        """Under the table: why the selected job failed (or was cancelled / interrupted)."""
+        selected = self.table.selected_job
+        job = self.app.jobs.get(selected) if selected is not None else None
+        why = ""
+        if job and job.get("state") in ("failed", "cancelled", "interrupted"):
+            reason = job.get("error") or job.get("reason") or "no reason recorded"
+            why = f"job {job['id']} {job['state']}: {reason}"
+        box = self.query_one("#queue-why", QuietStatic)
+        box.update(why)
+        box.display = bool(why)
 
     def cycle_filter(self) -> None:
         table = self.table
@@ -60,6 +84,7 @@ class QueueScreen(Screen):
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key is not None and event.row_key.value is not None:
             self.app.selected_job = int(event.row_key.value)
+        self._show_why()
 
     @on(DataTable.RowSelected)
     def _selected(self, event: DataTable.RowSelected) -> None:

@@ -16,7 +16,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from cosmos_tui.messages import SubmitRequested
+from cosmos_tui.screens.form import FormScreen
 from cosmos_tui.screens.preset_editor import errors_by_field
+from cosmos_tui.widgets.quiet import QuietStatic
 
 MAX_COPIES = 100
 FIELDS = ("prompt", "input_path", "seed", "count")
@@ -59,7 +61,9 @@ def build_specs(preset_spec: dict, prompt: str, input_path: str, seed: str, coun
     return [{**overrides, "seed": base_seed + i} for i in range(n)], {}
 
 
-class SubmitScreen(ModalScreen):
+class SubmitScreen(FormScreen, ModalScreen):
+    FIRST_FIELD = "#submit-prompt"
+    AUTO_FOCUS = "#submit-prompt"
     BINDINGS = [
         Binding("escape", "dismiss_form", "Cancel"),
         Binding("ctrl+s", "submit", "Queue", priority=True),
@@ -70,6 +74,7 @@ class SubmitScreen(ModalScreen):
         self.initial = preset
         self.presets: dict = {}
         self.errors: dict = {}
+        self._hold_keys()
 
     def compose(self) -> ComposeResult:
         from cosmos_tui.presets import list_presets
@@ -79,7 +84,7 @@ class SubmitScreen(ModalScreen):
         first = self.initial if self.initial in self.presets else (
             "tiny-cpu" if "tiny-cpu" in self.presets else (names[0] if names else None))
         with Vertical(id="submit-box"):
-            yield Static("Queue jobs from a preset (blank = the preset's value)", id="submit-head")
+            yield QuietStatic("Queue jobs from a preset (blank = the preset's value)", id="submit-head")
             with Horizontal(classes="form-row"):
                 yield Label("preset", classes="form-label")
                 yield Select([(n, n) for n in names], value=first if first else Select.NULL, allow_blank=False,
@@ -89,16 +94,16 @@ class SubmitScreen(ModalScreen):
                 with Horizontal(classes="form-row"):
                     yield Label(label, classes="form-label")
                     yield Input(id=f"submit-{field}", compact=True)
-                yield Static(id=f"submit-err-{field}", classes="field-error", markup=False)
-            yield Static(id="submit-err-spec", classes="field-error", markup=False)
+                yield QuietStatic(id=f"submit-err-{field}", classes="field-error", markup=False)
+            yield QuietStatic(id="submit-err-spec", classes="field-error", markup=False)
             with Horizontal(id="submit-buttons"):
                 yield Button("Queue (ctrl+s)", variant="primary", id="submit-go", compact=True)
                 yield Button("Cancel", id="submit-cancel", compact=True)
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self.query(".field-error").set(display=False)
         self._placeholders()
-        self.query_one("#submit-prompt", Input).focus()
+        await self.release_keys()
 
     @property
     def preset_name(self) -> str | None:

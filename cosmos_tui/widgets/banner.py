@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from textual.widgets import Static
+from cosmos_tui.widgets.quiet import QuietStatic
 
 
-class ConnectionBanner(Static):
+class ConnectionBanner(QuietStatic):
     DEFAULT_CSS = """
     ConnectionBanner { dock: top; height: 1; background: $error; color: $text; display: none; }
     ConnectionBanner.-lost { display: block; }

@@ -14,6 +14,7 @@ from textual.widgets import Static
 
 from cosmos_tui import images
 from cosmos_tui.messages import FramesLoaded
+from cosmos_tui.widgets.quiet import QuietStatic
 
 
 class ContactSheet(Vertical):
@@ -30,7 +31,7 @@ class ContactSheet(Vertical):
         self.loaded: str | None = None  # the path whose picture is shown
 
     def compose(self) -> ComposeResult:
-        yield Static("no video yet", classes="sheet-caption", markup=False)
+        yield QuietStatic("no video yet", classes="sheet-caption", markup=False)
 
     def show(self, path: str | None) -> None:
         if path == self.path:

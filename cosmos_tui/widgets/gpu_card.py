@@ -9,6 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
 from cosmos_tui.widgets import format as fmt
+from cosmos_tui.widgets.quiet import QuietStatic, set_data
 
 HISTORY = 120  # samples kept per GPU (two minutes at one per second)
 
@@ -52,9 +53,9 @@ class GpuCard(Vertical):
         self.gpu: dict = {}
 
     def compose(self) -> ComposeResult:
-        yield Static(classes="gpu-title", markup=False)
-        yield Static(classes="gpu-line", markup=False)
-        yield Static("memory history", classes="gpu-label")
+        yield QuietStatic(classes="gpu-title", markup=False)
+        yield QuietStatic(classes="gpu-line", markup=False)
+        yield QuietStatic("memory history", classes="gpu-label")
         yield Sparkline([], classes="gpu-mem")
 
     def update_gpu(self, gpu: dict) -> None:
@@ -65,4 +66,4 @@ class GpuCard(Vertical):
             self.util_history.append(float(gpu["util"]))
         self.query_one(".gpu-title", Static).update(gpu_title(gpu))
         self.query_one(".gpu-line", Static).update(gpu_summary(gpu))
-        self.query_one(".gpu-mem", Sparkline).data = list(self.mem_history)
+        set_data(self.query_one(".gpu-mem", Sparkline), list(self.mem_history))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
+from textual.binding import Binding
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 from cosmos_tui.widgets import format as fmt
 
@@ -20,7 +22,7 @@ COLUMNS = (
     ("mode", "Mode", 6),
     ("preset", "Preset", 10),
     ("prompt", "Prompt", 16),
-    ("state", "State", 9),
+    ("state", "State", 11),  # "interrupted" whole
     ("progress", "Progress", 13),
     ("eta", "ETA", 5),
     ("gpus", "GPU", 3),
@@ -42,7 +44,9 @@ def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: i
         "preset": fmt.clip(job.get("preset") or "-", 10),
         "prompt": fmt.clip(job.get("prompt") or (job.get("spec") or {}).get("prompt"), prompt_width),
         "state": job.get("state") or "?",
-        "progress": fmt.progress_cell(job),
+        # rows stay in id order, so a queued job's place in the queue is written in its row
+        "progress": (f"#{job['place']} in queue" if job.get("state") == "queued" and job.get("place")
+                     else fmt.progress_cell(job)),
         "eta": fmt.eta(job),
         "gpus": fmt.gpus_cell(job),
         "peak": fmt.gib(job.get("peak_mem")),
@@ -54,6 +58,14 @@ class QueueTable(DataTable):
     DEFAULT_CSS = """
     QueueTable { height: 1fr; }
     """
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "scroll_top", "Top", show=False),
+        Binding("G", "scroll_bottom", "Bottom", show=False),
+        Binding("home", "scroll_top", "Top", show=False),
+        Binding("end", "scroll_bottom", "Bottom", show=False),
+    ]
 
     def __init__(self, clock: Callable[[], float] = time.time, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, cell_padding=0, **kwargs)
@@ -82,13 +94,15 @@ class QueueTable(DataTable):
         return self.state_filter is None or job.get("state") == self.state_filter
 
     def sync(self, jobs: Iterable[dict]) -> None:
-        """Make the rows match `jobs` (in the daemon's order), touching only what changed."""
+        """Make the rows match `jobs`, newest (highest id) on top, touching only what changed. One
+        order for every state: rows never jump when a job starts or ends."""
         self._jobs = list(jobs)
-        wanted = [j for j in self._jobs if self.visible(j)]
+        wanted = sorted((j for j in self._jobs if self.visible(j)), key=lambda j: -j["id"])
         keys = [str(j["id"]) for j in wanted]
         for stale in [k for k in self._cells if k not in set(keys)]:
             self.remove_row(stale)
             del self._cells[stale]
+        changed: list[str] = []
         for job in wanted:
             key = str(job["id"])
             cells = row_cells(job, self.clock, self.prompt_width)
@@ -99,13 +113,23 @@ class QueueTable(DataTable):
             else:
                 for col, text in cells.items():
                     if old.get(col) != text:
-                        self.update_cell(key, col, text)
+                        self._set_cell(key, col, text)
                         self.cell_updates += 1
+                        changed.append(key)
             self._cells[key] = cells
+        for key in dict.fromkeys(changed):
+            self.refresh_row(self.get_row_index(key))
         if keys != self._order_of_rows():
             place = {k: i for i, k in enumerate(keys)}
             self.sort("id", key=lambda job_id: place.get(job_id, len(place)))
         self._order = keys
+
+    def _set_cell(self, key: str, column: str, text: str) -> None:
+        # DataTable.update_cell repaints the whole table; with one job running that was every
+        # row every second. The new value goes in the same way, and only its row is repainted
+        # (sync calls refresh_row); the update count drops the table's cached row renders.
+        self._data[RowKey(key)][ColumnKey(column)] = text
+        self._update_count += 1
 
     def _order_of_rows(self) -> list[str]:
         return [row.key.value for row in self.ordered_rows]
