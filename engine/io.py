@@ -229,11 +229,13 @@ def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps
 
     Width and height must be even (yuv420p halves chroma); every table size is a multiple of 16.
     macro_block_size 1 keeps the exact size instead of letting ffmpeg pad it. The file appears under
-    its name only when complete (written beside it, then renamed), so a watcher never sees half a video.
+    its name only when complete (written beside it, then renamed), so a watcher never sees half a video;
+    if ffmpeg fails (a full disk, say) nothing is renamed and engine.mp4.VideoWriteError says why.
     """
-    import imageio_ffmpeg
     import numpy as np
     import torch
+
+    from engine import mp4
 
     path = Path(path)
     v = torch.as_tensor(video)
@@ -252,19 +254,13 @@ def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps
     path.parent.mkdir(parents=True, exist_ok=True)
     # unique per writer: two jobs finishing at once must not share a temporary file
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.partial{path.suffix}")
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, quality=quality,
-        codec="libx264", macro_block_size=1, ffmpeg_log_level="error",
-    )
     try:
-        writer.send(None)  # start ffmpeg
-        for i in range(t):
-            writer.send(np.ascontiguousarray(frames[i]))
+        mp4.encode(str(tmp), (np.ascontiguousarray(frames[i]) for i in range(t)), w, h, fps, quality,
+                   shown_name=str(path))
     except BaseException:
-        writer.close()
+        # a truncated video must never be renamed into place
         tmp.unlink(missing_ok=True)
         raise
-    writer.close()
     os.replace(tmp, path)
     return path
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine.resolutions import ASPECT_RATIOS
 
@@ -79,6 +79,16 @@ class GenerationSpec(BaseModel):
     num_critic_trials: int = Field(5, ge=1, le=100)
     skip_generation: bool = False
     checkpoint_dir: str = ""
+
+    @field_validator("save_path")
+    @classmethod
+    def _video_suffix(cls, v: str, info: ValidationInfo) -> str:
+        # The reference appends .mp4 to a save_path without it; ffmpeg picks the container from the
+        # name, so a bare "out/clip" would otherwise die with a broken pipe. Best-of-N's save_path is
+        # a directory and keeps its name. (`mode` is declared first, so it is in info.data.)
+        if info.data.get("mode", "video2world") != "bestofn" and v and not v.lower().endswith(".mp4"):
+            return v + ".mp4"
+        return v
 
     @field_validator("aspect_ratio")
     @classmethod
