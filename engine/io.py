@@ -289,10 +289,12 @@ def sidecar_path(video_path: str | os.PathLike, suffix: str) -> Path:
 
 
 def format_prompt_text(
-    prompt: str, negative_prompt: str | None = None, refined_prompt: str | Sequence[str] | None = None
+    prompt: str, negative_prompt: str | None = None, refined_prompt: str | Sequence[str | None] | None = None
 ) -> str:
-    """The prompt sidecar's text: one "[Section]" header per part present, blank line between.
-    A list of refined prompts (one per long-video chunk) gets one numbered section each."""
+    """The prompt sidecar's text in the reference's layout: "[Section]" header lines each followed by
+    their text, no blank lines between sections (tools that read those files split on the headers).
+    A list of refined prompts (one per long-video chunk, chunk numbers from 0 as the reference counts
+    them) gets one "[Refined Prompt for chunk N]" section each; a chunk without one is left out."""
     parts = [("Prompt", prompt)]
     if negative_prompt:
         parts.append(("Negative Prompt", negative_prompt))
@@ -300,16 +302,17 @@ def format_prompt_text(
         if refined_prompt:
             parts.append(("Refined Prompt", refined_prompt))
     elif refined_prompt:
-        for i, text in enumerate(refined_prompt, 1):
-            parts.append((f"Refined Prompt {i}", text))
-    return "\n\n".join(f"[{title}]\n{(body or '').strip()}" for title, body in parts) + "\n"
+        for i, text in enumerate(refined_prompt):
+            if text:
+                parts.append((f"Refined Prompt for chunk {i}", text))
+    return "".join(f"[{title}]\n{(body or '').strip()}\n" for title, body in parts)
 
 
 def write_prompt_sidecar(
     video_path: str | os.PathLike,
     prompt: str,
     negative_prompt: str | None = None,
-    refined_prompt: str | Sequence[str] | None = None,
+    refined_prompt: str | Sequence[str | None] | None = None,
 ) -> Path:
     """Write `<video stem>.txt` next to the video; returns its path."""
     return write_text_atomic(sidecar_path(video_path, ".txt"), format_prompt_text(prompt, negative_prompt, refined_prompt))

@@ -155,14 +155,16 @@ def test_prompt_sidecar_sections(tmp_path):
     video = tmp_path / "clip.mp4"
     p = io.write_prompt_sidecar(video, "a cat", "blurry", "a fluffy cat walks")
     assert p == tmp_path / "clip.txt"
-    assert p.read_text() == "[Prompt]\na cat\n\n[Negative Prompt]\nblurry\n\n[Refined Prompt]\na fluffy cat walks\n"
+    # the reference's layout: headers and texts on consecutive lines, no blank line between sections
+    assert p.read_text() == "[Prompt]\na cat\n[Negative Prompt]\nblurry\n[Refined Prompt]\na fluffy cat walks\n"
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert p.stat().st_mode == plain.stat().st_mode  # the umask applies, not a private 0600
     p = io.write_prompt_sidecar(video, "a cat")
     assert p.read_text() == "[Prompt]\na cat\n"
-    text = io.write_prompt_sidecar(video, "x", None, ["one", "two"]).read_text()
-    assert "[Refined Prompt 1]\none" in text and "[Refined Prompt 2]\ntwo" in text
+    text = io.write_prompt_sidecar(video, "x", "n", ["one", None, "three"]).read_text()
+    assert text == ("[Prompt]\nx\n[Negative Prompt]\nn\n"
+                    "[Refined Prompt for chunk 0]\none\n[Refined Prompt for chunk 2]\nthree\n")
 
 
 def test_job_record_holds_full_spec_seed_timings(tmp_path):

@@ -173,3 +173,49 @@ def test_conditioning_frames_survive_into_the_output(tmp_path):
     with torch.inference_mode():
         gt = pipe.vae.encode(clip)
     assert torch.equal(res.latent[:, :1], gt[0, :, :1].float())
+
+
+class RecordingRefiner:
+    """Stands in for Cosmos-Reason1: records the picture each refinement was shown."""
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def refine_prompt(self, prompt, input_path):
+        self.seen.append(io.read_image(input_path))
+        return f"{prompt}, refined for chunk {len(self.seen) - 1}"
+
+
+def test_long_video_refines_each_chunk_against_its_own_conditioning_frames(tmp_path):
+    spec = tiny_spec(tmp_path, num_steps=1, mode="lvg", num_chunks=2, disable_prompt_refiner=False)
+    pipe = get_pipeline(spec)
+    refiner = RecordingRefiner()
+    pipe._refiner = refiner
+    conditioned_on = []  # what generate() was given for each chunk
+    real_generate = pipe.generate
+
+    def recording_generate(*args, **kw):
+        res = real_generate(*args, **kw)
+        conditioned_on.append(kw.get("frames"))
+        return res
+
+    pipe.generate = recording_generate
+    try:
+        outputs = run_job(spec, pipeline=pipe)
+    finally:
+        pipe._refiner = None
+        del pipe.generate
+    assert len(refiner.seen) == 2
+    w, h = resolutions.frame_size(spec.resolution, spec.aspect_ratio, "tiny")
+    first = io.resize_cover_crop(io.read_image(spec.input_path)[None], w, h)[:, 0].permute(1, 2, 0).numpy()
+    assert np.array_equal(io.resize_cover_crop(refiner.seen[0][None], w, h)[:, 0].permute(1, 2, 0).numpy(), first)
+    for k in (1,):
+        # chunk k was refined against the exact (8-bit) frame it continues from, not the original input
+        tail = io.to_uint8(conditioned_on[k][:, -1]).permute(1, 2, 0).numpy()
+        assert np.array_equal(refiner.seen[k], tail)
+        assert not np.array_equal(refiner.seen[k], first)
+    text = open(outputs[1]).read()
+    assert "[Refined Prompt for chunk 0]\n" + spec.prompt + ", refined for chunk 0\n" in text
+    assert "[Refined Prompt for chunk 1]\n" + spec.prompt + ", refined for chunk 1\n" in text
+    assert "\n\n" not in text
+    assert json.loads(open(outputs[2]).read())["refined_prompts"][1].endswith("refined for chunk 1")
