@@ -5,8 +5,11 @@ best-of-N. Each checks what the guide says gets written and the exit status."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Sequence
 
 import imageio.v3 as iio
 import pytest
@@ -16,12 +19,17 @@ from tests.tiny import small_video
 
 pytestmark = pytest.mark.slow
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 COMMON = ["--model_size", "tiny", "--num_steps", "1", "--disable_guardrail", "--disable_prompt_refiner"]
 
 
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *COMMON, *args], capture_output=True, text=True,
-                          timeout=300)
+def run(module: str, *args: str, common: Sequence[str] = COMMON, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m module args common`: `common` comes last so that it wins over a flag the args repeat
+    (argparse keeps the last value), e.g. the guide's --model_size 2B. With `cwd`, the checkout stays
+    importable through PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", module, *args, *common], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)
 
 
 def test_single_image_and_five_frame_video(tmp_path):
