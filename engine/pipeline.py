@@ -35,6 +35,7 @@ class GenerationResult:
     seed: int
     timings: dict = field(default_factory=dict)
     latent: Optional[torch.Tensor] = None  # [16, t, h, w] float32 on CPU (the sampler's x0)
+    guardrail_checks: list = field(default_factory=list)  # names of the checks that ran, in order
 
 
 def default_device() -> torch.device:
@@ -103,10 +104,13 @@ class Video2WorldPipeline:
             from engine import checkpoints
             from engine.guardrail import Guardrail
 
-            self._guardrail = Guardrail(
+            g = Guardrail(
                 checkpoints.checkpoints_root(), offload=self.spec.offload_guardrail,
                 emit=self._current_emit, disabled=False,
+                profile="tiny" if self.spec.model_size == "tiny" else "full",
             )
+            g.require()  # refuse before generating, and again for the next job, until the checkpoints exist
+            self._guardrail = g
         return self._guardrail
 
     @property
@@ -181,6 +185,8 @@ class Video2WorldPipeline:
         t_all = time.perf_counter()
 
         def checked_prompt():
+            if not spec.disable_guardrail:
+                self.guardrail.take_ran()  # this generation's list starts here (a blocked one left names)
             self.text_check(prompt, "prompt")
             refined = self.refine(prompt, refine_input or input_path) if (refine_input or input_path) else None
             if refined is not None:
@@ -233,11 +239,18 @@ class Video2WorldPipeline:
         self.report_memory()
 
         video = video.cpu()
+        checks: list[str] = []
         if not spec.disable_guardrail:
             video = self.video_check(video)
+            checks = self.guardrail.take_ran()
+            note = (" (tiny profile, blocklist only: Llama Guard 3, the video safety filter and face "
+                    "pixelation are not part of it)") if self.guardrail.profile == "tiny" else ""
+            self.ev.log(f"guardrail: checks that ran: {', '.join(checks) or 'none'}{note}")
+        else:
+            self.ev.log("guardrail: off (--disable_guardrail), no checks ran")
         timings["total_s"] = time.perf_counter() - t_all
         return GenerationResult(video=video, prompt=prompt, refined_prompt=refined, negative_prompt=negative_prompt,
-                                seed=seed, timings=timings, latent=x0[0].float().cpu())
+                                seed=seed, timings=timings, latent=x0[0].float().cpu(), guardrail_checks=checks)
 
     def video_check(self, video: torch.Tensor) -> torch.Tensor:
         from engine import io

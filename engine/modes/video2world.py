@@ -49,7 +49,8 @@ def write_result(spec: GenerationSpec, result, path: Path, ev: events.Emitter, t
     txt = io.write_prompt_sidecar(path, result.prompt, result.negative_prompt,
                                  refined if refined is not None else result.refined_prompt)
     js = io.write_job_record(path, spec, result.seed, timings or result.timings,
-                             refined_prompt=result.refined_prompt, **(extra or {}))
+                             refined_prompt=result.refined_prompt,
+                             **{"guardrail_checks": list(getattr(result, "guardrail_checks", [])), **(extra or {})})
     outputs = [str(path), str(txt), str(js)]
     for p, kind in zip(outputs, ("video", "prompt", "spec")):
         ev("output", path=p, kind=kind)
