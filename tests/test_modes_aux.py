@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine import io
 from engine.modes import run_job
@@ -113,9 +114,9 @@ def test_guardrail_checks_are_logged_and_recorded_in_the_job_record(tmp_path):
 def test_full_guardrail_without_checkpoints_refuses_before_generating(tmp_path, monkeypatch):
     from engine.guardrail import GuardrailUnavailable
     from engine.pipeline import Video2WorldPipeline
+    from engine.spec import BuildConfig
 
     monkeypatch.setenv("COSMOS_TUI_CHECKPOINTS", str(tmp_path / "no-checkpoints"))
-    pipe = Video2WorldPipeline(tiny(tmp_path, disable_guardrail=False))
-    pipe.spec = pipe.spec.model_copy(update={"model_size": "2B"})  # the guardrail of a real model
+    pipe = Video2WorldPipeline(BuildConfig(model_size="2B"), device=torch.device("cpu"))  # not loaded
     with pytest.raises(GuardrailUnavailable, match="--disable_guardrail"):
         pipe.text_check("a robot arm", "prompt")

@@ -82,6 +82,23 @@ def test_warm_pipeline_is_reused(tmp_path):
     assert get_pipeline(tiny(tmp_path, natten=True)).key != first.key
 
 
+def test_a_warm_pipeline_takes_each_jobs_own_fields_and_refuses_other_builds(tmp_path):
+    a = tiny_spec(tmp_path, num_steps=2)
+    b = a.model_copy(update={"num_steps": 1, "prompt": "another", "guidance": 0.0})
+    pipe = get_pipeline(a)
+    assert not hasattr(pipe, "spec")  # nothing job-specific is stored on a shared pipeline
+    totals = {}
+    for job in (b, a):  # b first: a pipeline that kept the first job's settings would sample a with b's steps
+        evs: list[dict] = []
+        pipe.set_emit(evs.append)
+        res = pipe.generate(job)
+        assert res.prompt == job.prompt
+        totals[job.num_steps] = {e["total"] for e in evs if e["event"] == "step"}
+    assert len(totals[1]) == len(totals[2]) == 1 and max(totals[1]) < max(totals[2])
+    with pytest.raises(ValueError, match="built for other settings"):
+        pipe.generate(a.model_copy(update={"fps": 10}))
+
+
 def test_benchmark_runs_four_times_and_reports_the_mean_of_three(tmp_path):
     spec = tiny(tmp_path, benchmark=True)
     evs: list[dict] = []
@@ -167,7 +184,7 @@ def test_conditioning_frames_survive_into_the_output(tmp_path):
     conditioned latent is re-imposed on x0 after every call, so it is exactly the encoded input."""
     spec = tiny(tmp_path)
     pipe = get_pipeline(spec)
-    res = pipe.generate(spec.prompt, spec.input_path, seed=0)
+    res = pipe.generate(spec, spec.input_path, seed=0)
     w, h = resolutions.frame_size("720", "16:9", "tiny")
     clip = io.to_signed_unit(io.load_conditioning_clip(spec.input_path, 1, w, h, 93)).unsqueeze(0)
     with torch.inference_mode():

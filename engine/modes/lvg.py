@@ -91,7 +91,7 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         if k > 0:
             tail = parallel.broadcast_object(tail if main else None)
         result = pipe.generate(
-            spec.prompt, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
+            spec, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
             refine_input=_refine_input(spec, d, k, tail) if main else None, cancel=cancel,
             step_fields={"chunk": k + 1, "num_chunks": spec.num_chunks},
         )

@@ -22,7 +22,7 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     result = None
     for r in range(runs):
         t0 = time.perf_counter()
-        result = pipe.generate(spec.prompt, spec.input_path, seed=spec.seed, cancel=cancel)
+        result = pipe.generate(spec, spec.input_path, seed=spec.seed, cancel=cancel)
         times.append(time.perf_counter() - t0)
         if spec.benchmark:
             ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
