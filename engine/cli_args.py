@@ -86,9 +86,11 @@ HELP: dict[str, str] = {
     "guidance": "classifier-free guidance weight",
     "seed": "noise seed (long video adds the chunk index, best-of-N the generation index)",
     "num_steps": "denoising steps (the reference always takes 35)",
-    "save_path": "output .mp4; a .txt (prompts) and a .json (spec, seed, timings) are written beside it",
+    "save_path": "output .mp4 (.mp4 is appended to a name without it); a .txt (prompts) and a .json "
+                 "(spec, seed, timings, guardrail checks) are written beside it",
     "num_gpus": "GPUs for context parallelism (launch with torchrun --nproc_per_node N)",
-    "disable_guardrail": "skip the text and video safety checks",
+    "disable_guardrail": "skip the text and video safety checks (without this flag a real model needs the "
+                         "Llama Guard 3 and Cosmos-Guardrail1 checkpoints; the tiny profile checks the blocklist only)",
     "offload_guardrail": "keep the guardrail models on the CPU between uses",
     "disable_prompt_refiner": "skip Cosmos-Reason1 prompt rewriting",
     "offload_prompt_refiner": "keep the prompt refiner on the CPU between uses",
