@@ -32,7 +32,7 @@ def tiny_run(tmp: Path, natten: bool, device: str):
                           input_path=str(io.ensure_demo_input(tmp / "in.png")))
     evs = []
     pipe = Video2WorldPipeline(spec, device=torch.device(device), emit=evs.append).load()
-    res = pipe.generate(spec.prompt, spec.input_path, seed=0)
+    res = pipe.generate(spec, spec.input_path, seed=0)
     return res, evs
 
 
@@ -61,7 +61,7 @@ def real_size(steps: int) -> dict:
                                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).to(dev).eval()
     pipe.text_encoder = TextEncoder(t5, tok, name="t5-standin-1024")
     t0 = time.perf_counter()
-    res = pipe.generate(spec.prompt, spec.input_path, seed=0)
+    res = pipe.generate(spec, spec.input_path, seed=0)
     wall = time.perf_counter() - t0
     steps_s = [e["seconds"] for e in evs if e["event"] == "step"]
     return {"wall_s": wall, "timings": res.timings, "step_seconds": steps_s,

@@ -10,8 +10,9 @@ directory).
 What a user can get wrong is reported as one line on stderr naming the field, with exit status 2:
 argparse errors (unknown flag, bad choice), spec validation, and input checks (missing file, an
 image where 5 frames are needed, an unknown extension). A batch file (--batch_input_json) is a JSON
-list of {"input_video", "prompt", "output_video"}; a bad entry is reported by index and skipped, the
-others still run, and the exit status is 2 at the end. Generation itself is `engine.modes.run_job`,
+list of {"input_video", "prompt", "output_video"} plus, per entry, any spec field to override (seed,
+guidance, ...); unknown keys are ignored with a warning, as the reference ignores them. A bad entry is
+reported by index and skipped, the others still run, and the exit status is 2 at the end. Generation itself is `engine.modes.run_job`,
 imported only when a job is about to run. Torch-free: the CLI answers --help and input mistakes at once.
 """
 
@@ -80,13 +81,17 @@ HELP: dict[str, str] = {
     "num_conditional_frames": "frames of the input to continue from: 1 (image or the last frame of a video) "
                               "or 5 (the last 5 frames of a video)",
     "batch_input_json": "JSON list of {\"input_video\", \"prompt\", \"output_video\"} to run one after the other; "
-                        "overrides --input_path, --prompt and --save_path",
+                        "overrides --input_path, --prompt and --save_path. An entry may also set spec fields for "
+                        "itself (seed, guidance, negative_prompt, num_conditional_frames, num_steps, ...); "
+                        "unknown keys are ignored with a warning naming them",
     "guidance": "classifier-free guidance weight",
     "seed": "noise seed (long video adds the chunk index, best-of-N the generation index)",
     "num_steps": "denoising steps (the reference always takes 35)",
-    "save_path": "output .mp4; a .txt (prompts) and a .json (spec, seed, timings) are written beside it",
+    "save_path": "output .mp4 (.mp4 is appended to a name without it); a .txt (prompts) and a .json "
+                 "(spec, seed, timings, guardrail checks) are written beside it",
     "num_gpus": "GPUs for context parallelism (launch with torchrun --nproc_per_node N)",
-    "disable_guardrail": "skip the text and video safety checks",
+    "disable_guardrail": "skip the text and video safety checks (without this flag a real model needs the "
+                         "Llama Guard 3 and Cosmos-Guardrail1 checkpoints; the tiny profile checks the blocklist only)",
     "offload_guardrail": "keep the guardrail models on the CPU between uses",
     "disable_prompt_refiner": "skip Cosmos-Reason1 prompt rewriting",
     "offload_prompt_refiner": "keep the prompt refiner on the CPU between uses",
@@ -246,15 +251,38 @@ def load_batch(path: str) -> list:
     return data
 
 
-def batch_entry_spec(base: GenerationSpec, idx: int, entry: Any) -> GenerationSpec:
+# The seed's entry keys and the spec fields they fill.
+BATCH_KEYS = {"input_video": "input_path", "prompt": "prompt", "output_video": "save_path"}
+# Spec fields an entry may not set: they are about the whole run, not one entry of it.
+BATCH_RUN_FIELDS = frozenset({"mode", "batch_input_json", "num_gpus", "skip_generation"})
+
+
+def batch_entry_spec(base: GenerationSpec, idx: int, entry: Any,
+                     warn: Callable[[str], None] | None = None) -> GenerationSpec:
     """The spec of batch entry `idx`: the command line's spec with this entry's input, prompt and
-    output. Raises InputError whose message starts with 'entry <idx>: <field>: '."""
+    output, and any spec field the entry sets (seed, guidance, negative_prompt, ...). Keys that are
+    neither are ignored, as the reference ignores them, with one `warn` line naming each. Raises
+    InputError whose message starts with 'entry <idx>: <field>: '."""
     where = f"entry {idx}"
     if not isinstance(entry, dict):
         raise InputError(f"{where}: is a JSON {type(entry).__name__}, not an object with input_video and prompt")
-    unknown = sorted(set(entry) - {"input_video", "prompt", "output_video"})
-    if unknown:
-        raise InputError(f"{where}: {unknown[0]}: unknown key; entries take input_video, prompt and output_video")
+    fields = GenerationSpec.model_fields
+    overrides: dict[str, Any] = {}
+    for key in entry:
+        if key in BATCH_KEYS:
+            continue
+        if key in BATCH_RUN_FIELDS:
+            raise InputError(f"{where}: {key}: applies to the whole run, not one entry; give it on the "
+                             f"command line (--{key}) and remove it from the entry")
+        if key in BATCH_KEYS.values():
+            if warn is not None:
+                seed_name = next(k for k, v in BATCH_KEYS.items() if v == key)
+                warn(f"{where}: {key}: ignored; in a batch entry this is called {seed_name}")
+        elif key in fields:
+            overrides[key] = entry[key]
+        elif warn is not None:
+            warn(f"{where}: {key}: unknown key, ignored (entries take input_video, prompt, output_video "
+                 f"and spec fields such as seed, guidance, negative_prompt)")
     for key in ("input_video", "prompt"):
         if key not in entry or entry[key] in (None, ""):
             raise InputError(f"{where}: {key}: missing; every entry needs a non-empty \"{key}\"")
@@ -267,8 +295,13 @@ def batch_entry_spec(base: GenerationSpec, idx: int, entry: Any) -> GenerationSp
     output = entry.get("output_video") or out_default
     if not isinstance(output, str):
         raise InputError(f"{where}: output_video: must be a string")
-    spec = base.model_copy(update={"input_path": entry["input_video"], "prompt": entry["prompt"],
-                                   "save_path": output, "batch_input_json": None})
+    data = {**base.model_dump(), **overrides, "input_path": entry["input_video"], "prompt": entry["prompt"],
+            "save_path": output, "batch_input_json": None}
+    try:
+        # validated again as a whole: an override is checked like its flag (and combinations with the rest)
+        spec = spec_from_dict(data, source=where)
+    except SpecError as err:
+        raise InputError(str(err).splitlines()[0]) from None
     try:
         spec.check_input()
     except InputError as err:
@@ -332,7 +365,8 @@ def main(mode: str, argv: Sequence[str] | None = None, emit: Callable[[dict], No
             return EXIT_USAGE
         for idx, entry in enumerate(entries):
             try:
-                jobs.append((f"entry {idx}", batch_entry_spec(spec, idx, entry)))
+                jobs.append((f"entry {idx}", batch_entry_spec(
+                    spec, idx, entry, warn=lambda m: _fail(prog, f"{spec.batch_input_json}: warning: {m}"))))
             except InputError as err:
                 _fail(prog, f"{spec.batch_input_json}: {err}")
                 bad = True

@@ -72,10 +72,10 @@ def _as_text(text: object) -> str:
 
 
 def parse_answer(text: str) -> str | None:
-    # The last tag wins: a model that drafts an answer in its reasoning and then concludes differently
-    # means the conclusion.
-    matches = ANSWER_RE.findall(text)
-    return matches[-1].lower() if matches else None
+    # The first tag counts, as in the reference's scoring: scores must be comparable with its numbers,
+    # even for a model that writes a second, different answer afterwards.
+    m = ANSWER_RE.search(text)
+    return m.group(1).lower() if m else None
 
 
 def _detail_xml(text: str) -> tuple[str, list[Component]] | None:

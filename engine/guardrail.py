@@ -5,9 +5,15 @@ stops at the first block. Checks whose model is not on disk are reported as not 
 skipped): `Guardrail.report()` says which checks ran, which were unavailable and why, so the README and
 the job log can state exactly what protected a generation.
 
-Text:  Blocklist (always) -> LlamaGuard3 (when checkpoints/meta-llama/Llama-Guard-3-8B exists).
-Video: SafetyClassifier (SigLIP + MLP, when Cosmos-Guardrail1/video_content_safety_filter exists),
+Text:  Blocklist (always) -> LlamaGuard3 (checkpoints/meta-llama/Llama-Guard-3-8B).
+Video: SafetyClassifier (SigLIP + MLP, Cosmos-Guardrail1/video_content_safety_filter),
        then FaceFilter (pixelates faces; Haar cascade from OpenCV when `cv2` imports).
+
+Like the reference, a generation with the guardrail on needs Llama Guard 3 and the video safety
+filter: `Guardrail.require()` refuses (GuardrailUnavailable, one sentence naming the missing
+checkpoint and --disable_guardrail) instead of quietly running with fewer checks. The tiny profile's
+guardrail is the blocklist alone, on purpose (no checkpoints exist for toy models), and its report
+says so.
 
 Torch and transformers are imported only by the model-backed checks, so the blocklist works anywhere.
 """
@@ -23,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from engine.spec import InputError
 
 log = logging.getLogger(__name__)
 
@@ -415,17 +423,36 @@ def _default_device() -> str:
         return "cpu"
 
 
+class GuardrailUnavailable(InputError):
+    """A check the guardrail needs has no checkpoint; the message names it and --disable_guardrail."""
+
+
+# The checks a full guardrail cannot do without, with what to download (the reference refuses to run
+# without them too).
+REQUIRED = {
+    "LlamaGuard3": ("Llama Guard 3", "meta-llama/Llama-Guard-3-8B"),
+    "VideoSafetyClassifier": ("video safety filter", "nvidia/Cosmos-Guardrail1"),
+}
+TINY_NOTE = "not part of the tiny profile's guardrail (blocklist only: toy models have no guard checkpoints)"
+
+
 class Guardrail:
-    """The runner the pipeline calls: `check_text` before generation, `check_video` after."""
+    """The runner the pipeline calls: `check_text` before generation, `check_video` after.
+
+    profile "full" (the default) is the reference's set of checks; "tiny" is the blocklist alone."""
 
     def __init__(self, checkpoints_root: str | os.PathLike | None, offload: bool = False,
                  emit: Callable | None = None, disabled: bool = False,
                  config_dir: str | os.PathLike | None = None, device: str | None = None,
-                 face_detector: Callable[[np.ndarray], list] | None = None):
+                 face_detector: Callable[[np.ndarray], list] | None = None, profile: str = "full"):
+        if profile not in ("full", "tiny"):
+            raise ValueError(f"guardrail profile {profile!r}: use 'full' or 'tiny'")
         self.disabled = disabled
+        self.profile = profile
         self.emit = emit
         self.root = Path(checkpoints_root) if checkpoints_root else None
         self._status: dict[str, dict] = {}
+        self._ran: list[str] = []
         self.text_checks: list = []
         self.video_checks: list = []
         self.face: FaceFilter | None = None
@@ -437,6 +464,12 @@ class Guardrail:
         bl = Blocklist.from_dirs(self.root, cfg)
         self._add(self.text_checks, bl, "text", f"{len(bl.words)} entries from the built-in list"
                   + (f" and {len(bl.sources)} files" if bl.sources else ""))
+        if profile == "tiny":
+            for name, stage in (("LlamaGuard3", "text"), ("VideoSafetyClassifier", "video"),
+                                ("FacePixelation", "video")):
+                self._status[name] = {"stage": stage, "available": False, "required": False, "runs": 0,
+                                      "detail": TINY_NOTE}
+            return
 
         lg = self.root / LLAMA_GUARD_DIR if self.root else None
         if lg is not None and lg.is_dir():
@@ -475,7 +508,34 @@ class Guardrail:
         self._status[check.name] = {"stage": stage, "available": True, "runs": 0, "detail": detail}
 
     def _unavailable(self, name: str, stage: str, reason: str) -> None:
-        self._status[name] = {"stage": stage, "available": False, "runs": 0, "detail": reason}
+        self._status[name] = {"stage": stage, "available": False, "runs": 0, "detail": reason,
+                              "required": name in REQUIRED}
+
+    def missing(self) -> list[str]:
+        """Names of required checks that cannot run (no checkpoint); [] when disabled or tiny."""
+        return [k for k, v in self._status.items() if v.get("required") and not v["available"]]
+
+    def require(self) -> None:
+        """Refuse, as the reference does, when a required check has no checkpoint."""
+        missing = self.missing()
+        if not missing:
+            return
+        root = self.root or Path("checkpoints")
+        what = " and the ".join(f"{REQUIRED[m][0]} checkpoint ({root / REQUIRED[m][1]})" for m in missing)
+        raise GuardrailUnavailable(
+            f"guardrail: the {what} {'is' if len(missing) == 1 else 'are'} missing; download "
+            f"{'it' if len(missing) == 1 else 'them'} into the checkpoints folder, or run with "
+            f"--disable_guardrail to generate without the guardrail"
+        )
+
+    def _mark_ran(self, name: str) -> None:
+        if name not in self._ran:
+            self._ran.append(name)
+
+    def take_ran(self) -> list[str]:
+        """The checks that ran since the last call, in order (one generation's worth for the pipeline)."""
+        ran, self._ran = self._ran, []
+        return ran
 
     def _log(self, message: str, level: str) -> None:
         from engine import events
@@ -494,6 +554,7 @@ class Guardrail:
         for check in self.text_checks:
             verdict = check.check(prompt)
             self._status[check.name]["runs"] += 1
+            self._mark_ran(check.name)
             if not verdict.ok:
                 return self._blocked(verdict)
         return Verdict(True, "guardrail")
@@ -508,12 +569,14 @@ class Guardrail:
         for check in self.video_checks:
             verdict = check.check(frames)
             self._status[check.name]["runs"] += 1
+            self._mark_ran(check.name)
             if not verdict.ok:
                 return self._blocked(verdict), frames
         if self.face is not None:
             frames = self.face.apply(frames)
             st = self._status[self.face.name]
             st["runs"] += 1
+            self._mark_ran(self.face.name)
             st["faces"] = self.face.faces
         return Verdict(True, "guardrail"), frames
 
@@ -527,6 +590,7 @@ class Guardrail:
         checks = {k: dict(v) for k, v in self._status.items()}
         return {
             "disabled": self.disabled,
+            "profile": self.profile,
             "checks": checks,
             "ran": [k for k, v in checks.items() if v["runs"] > 0],
             "unavailable": [k for k, v in checks.items() if not v["available"]],

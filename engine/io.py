@@ -229,11 +229,13 @@ def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps
 
     Width and height must be even (yuv420p halves chroma); every table size is a multiple of 16.
     macro_block_size 1 keeps the exact size instead of letting ffmpeg pad it. The file appears under
-    its name only when complete (written beside it, then renamed), so a watcher never sees half a video.
+    its name only when complete (written beside it, then renamed), so a watcher never sees half a video;
+    if ffmpeg fails (a full disk, say) nothing is renamed and engine.mp4.VideoWriteError says why.
     """
-    import imageio_ffmpeg
     import numpy as np
     import torch
+
+    from engine import mp4
 
     path = Path(path)
     v = torch.as_tensor(video)
@@ -252,19 +254,13 @@ def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps
     path.parent.mkdir(parents=True, exist_ok=True)
     # unique per writer: two jobs finishing at once must not share a temporary file
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.partial{path.suffix}")
-    writer = imageio_ffmpeg.write_frames(
-        str(tmp), (w, h), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=fps, quality=quality,
-        codec="libx264", macro_block_size=1, ffmpeg_log_level="error",
-    )
     try:
-        writer.send(None)  # start ffmpeg
-        for i in range(t):
-            writer.send(np.ascontiguousarray(frames[i]))
+        mp4.encode(str(tmp), (np.ascontiguousarray(frames[i]) for i in range(t)), w, h, fps, quality,
+                   shown_name=str(path))
     except BaseException:
-        writer.close()
+        # a truncated video must never be renamed into place
         tmp.unlink(missing_ok=True)
         raise
-    writer.close()
     os.replace(tmp, path)
     return path
 
@@ -293,10 +289,12 @@ def sidecar_path(video_path: str | os.PathLike, suffix: str) -> Path:
 
 
 def format_prompt_text(
-    prompt: str, negative_prompt: str | None = None, refined_prompt: str | Sequence[str] | None = None
+    prompt: str, negative_prompt: str | None = None, refined_prompt: str | Sequence[str | None] | None = None
 ) -> str:
-    """The prompt sidecar's text: one "[Section]" header per part present, blank line between.
-    A list of refined prompts (one per long-video chunk) gets one numbered section each."""
+    """The prompt sidecar's text in the reference's layout: "[Section]" header lines each followed by
+    their text, no blank lines between sections (tools that read those files split on the headers).
+    A list of refined prompts (one per long-video chunk, chunk numbers from 0 as the reference counts
+    them) gets one "[Refined Prompt for chunk N]" section each; a chunk without one is left out."""
     parts = [("Prompt", prompt)]
     if negative_prompt:
         parts.append(("Negative Prompt", negative_prompt))
@@ -304,16 +302,17 @@ def format_prompt_text(
         if refined_prompt:
             parts.append(("Refined Prompt", refined_prompt))
     elif refined_prompt:
-        for i, text in enumerate(refined_prompt, 1):
-            parts.append((f"Refined Prompt {i}", text))
-    return "\n\n".join(f"[{title}]\n{(body or '').strip()}" for title, body in parts) + "\n"
+        for i, text in enumerate(refined_prompt):
+            if text:
+                parts.append((f"Refined Prompt for chunk {i}", text))
+    return "".join(f"[{title}]\n{(body or '').strip()}\n" for title, body in parts)
 
 
 def write_prompt_sidecar(
     video_path: str | os.PathLike,
     prompt: str,
     negative_prompt: str | None = None,
-    refined_prompt: str | Sequence[str] | None = None,
+    refined_prompt: str | Sequence[str | None] | None = None,
 ) -> Path:
     """Write `<video stem>.txt` next to the video; returns its path."""
     return write_text_atomic(sidecar_path(video_path, ".txt"), format_prompt_text(prompt, negative_prompt, refined_prompt))

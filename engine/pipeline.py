@@ -1,9 +1,12 @@
 """Video2WorldPipeline: owns the DiT, VAE, T5, refiner/critic and guardrail, and turns one prompt plus
 one conditioning input into one video.
 
-It loads each component once and keeps it warm across jobs (the server and the modes reuse one
-pipeline while the model key stays the same), offloads T5 / refiner / guardrail to CPU on request,
-and reports progress as structured events through `emit` (engine/events.py), never as printed text.
+It is built from a BuildConfig (engine/spec.py: model size, resolution, fps, checkpoints, offload and
+kernel flags) and never changes after that; each `generate(job, ...)` brings the job's own fields
+(prompt, input, seed, steps, guidance, aspect ratio, checks). So a warm pipeline is reused across jobs
+while `build_key` stays the same, and no job can leave its settings behind for the next one. T5 /
+refiner / guardrail go to the CPU on request; progress is structured events through `emit`
+(engine/events.py), never printed text.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from engine import events, memory, parallel, resolutions
-from engine.spec import GenerationSpec
+from engine.spec import BuildConfig, GenerationSpec, build_key
 
 
 class Cancelled(Exception):
@@ -35,25 +38,20 @@ class GenerationResult:
     seed: int
     timings: dict = field(default_factory=dict)
     latent: Optional[torch.Tensor] = None  # [16, t, h, w] float32 on CPU (the sampler's x0)
+    guardrail_checks: list = field(default_factory=list)  # names of the checks that ran, in order
 
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def model_key(spec: GenerationSpec) -> tuple:
-    """Specs with the same key can share a warm pipeline."""
-    return (spec.model_size, spec.resolution, spec.fps, spec.natten, spec.dit_path, spec.load_ema,
-            spec.attention_backend, spec.use_cuda_graphs, spec.compile_dit, spec.num_gpus)
-
-
 class Video2WorldPipeline:
-    def __init__(self, spec: GenerationSpec, device: torch.device | None = None,
+    def __init__(self, build: BuildConfig | GenerationSpec, device: torch.device | None = None,
                  dtype: torch.dtype | None = None, emit: events.Emit | None = None):
-        self.spec = spec
-        self.key = model_key(spec)
+        self.build = build if isinstance(build, BuildConfig) else BuildConfig.from_spec(build)
+        self.key = self.build.key()
         # under torchrun with --num_gpus N: join the group; each rank gets its own GPU
-        parallel.maybe_init_from_env(spec.num_gpus)
+        parallel.maybe_init_from_env(self.build.num_gpus)
         self.device = device or parallel.device(default_device())
         # bf16 on GPU as the reference; fp32 on CPU (bf16 matmuls on CPU are slow and tests want fp32)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -75,24 +73,24 @@ class Video2WorldPipeline:
 
         t0 = time.perf_counter()
         if self.dit is None:
-            self.ev.log(f"loading DiT ({self.spec.model_size})")
-            self.dit = checkpoints.build_dit(self.spec, self.device, self.dtype).eval()
+            self.ev.log(f"loading DiT ({self.build.model_size})")
+            self.dit = checkpoints.build_dit(self.build, self.device, self.dtype).eval()
             self.dit = parallel.wrap_dit(self.dit)  # the same DiT alone; split over the ranks under torchrun
             self._compile_dit()
         if self.vae is None:
-            self.vae = checkpoints.build_vae(self.spec, self.device, self.dtype).eval()
+            self.vae = checkpoints.build_vae(self.build, self.device, self.dtype).eval()
         if self.text_encoder is None:
-            te_device = torch.device("cpu") if self.spec.offload_text_encoder else self.device
-            self.text_encoder = checkpoints.build_text_encoder(self.spec, te_device, self.dtype)
+            te_device = torch.device("cpu") if self.build.offload_text_encoder else self.device
+            self.text_encoder = checkpoints.build_text_encoder(self.build, te_device, self.dtype)
         self.ev.log(f"models ready in {time.perf_counter() - t0:.1f}s")
         return self
 
     def _compile_dit(self) -> None:
         """Compile each block (one graph shared by all blocks, static shapes). --use_cuda_graphs adds CUDA
         graphs ("reduce-overhead"), which pays off only at small token counts."""
-        if self.device.type != "cuda" or not (self.spec.compile_dit or self.spec.use_cuda_graphs):
+        if self.device.type != "cuda" or not (self.build.compile_dit or self.build.use_cuda_graphs):
             return
-        mode = "reduce-overhead" if self.spec.use_cuda_graphs else None
+        mode = "reduce-overhead" if self.build.use_cuda_graphs else None
         self.dit = compile_dit(self.dit, mode=mode)
         self.ev.log(f"DiT blocks compiled lazily ({mode or 'default'} mode); the first step includes compilation")
 
@@ -102,10 +100,13 @@ class Video2WorldPipeline:
             from engine import checkpoints
             from engine.guardrail import Guardrail
 
-            self._guardrail = Guardrail(
-                checkpoints.checkpoints_root(), offload=self.spec.offload_guardrail,
+            g = Guardrail(
+                checkpoints.checkpoints_root(), offload=self.build.offload_guardrail,
                 emit=self._current_emit, disabled=False,
+                profile="tiny" if self.build.model_size == "tiny" else "full",
             )
+            g.require()  # refuse before generating, and again for the next job, until the checkpoints exist
+            self._guardrail = g
         return self._guardrail
 
     @property
@@ -114,8 +115,8 @@ class Video2WorldPipeline:
             from engine import checkpoints
             from engine.models import reason
 
-            self._refiner = reason.build_reason(self.spec, checkpoints.reason_dir(self.spec), self.device,
-                                                offload=self.spec.offload_prompt_refiner, emit=self._current_emit)
+            self._refiner = reason.build_reason(self.build, checkpoints.reason_dir(self.build), self.device,
+                                                offload=self.build.offload_prompt_refiner, emit=self._current_emit)
         return self._refiner
 
     def _current_emit(self, event: dict) -> None:
@@ -132,27 +133,24 @@ class Video2WorldPipeline:
     # -- one generation -----------------------------------------------------------------------
 
     def text_check(self, text: str, what: str) -> None:
-        if self.spec.disable_guardrail:
-            return
         verdict = self.guardrail.check_text(text)
         if not verdict.ok:
             raise GuardrailBlocked(f"guardrail: the {what} was blocked by {verdict.check_name}: {verdict.message}")
 
     def refine(self, prompt: str, input_path: str) -> Optional[str]:
-        if self.spec.disable_prompt_refiner:
-            return None
         t0 = time.perf_counter()
         refined = self.refiner.refine_prompt(prompt, input_path)
         self.ev.log(f"prompt refined in {time.perf_counter() - t0:.1f}s")
         return refined
 
-    def conditioning(self, input_path: str | None, frames: torch.Tensor | None, num_conditional_frames: int):
+    def conditioning(self, input_path: str | None, frames: torch.Tensor | None, num_conditional_frames: int,
+                     aspect_ratio: str = "16:9"):
         """Encode the conditioning clip. `frames` ([3,T,H,W] in [-1,1], already sized) bypasses the file
         (long video passes the previous chunk's last frames at full precision)."""
         from engine import io, sampling
 
-        w, h = resolutions.frame_size(self.spec.resolution, self.spec.aspect_ratio, self.spec.model_size)
-        n_frames = resolutions.num_frames(self.spec.fps, self.spec.model_size)
+        w, h = resolutions.frame_size(self.build.resolution, aspect_ratio, self.build.model_size)
+        n_frames = resolutions.num_frames(self.build.fps, self.build.model_size)
         if frames is None:
             clip = io.load_conditioning_clip(input_path, num_conditional_frames, w, h, n_frames)
             # the reference normalises pixels in the pipeline's precision (bf16 on GPU)
@@ -168,21 +166,37 @@ class Video2WorldPipeline:
         n_lat = resolutions.conditional_latent_frames(num_conditional_frames)
         return sampling.Conditioning(gt=latent, num_frames=n_lat)
 
-    def generate(self, prompt: str, input_path: str | None = None, *, seed: int | None = None,
-                 frames: torch.Tensor | None = None, negative_prompt: str | None = None,
-                 refine_input: str | None = None, cancel=None, step_fields: dict | None = None) -> GenerationResult:
+    def generate(self, job: GenerationSpec, input_path: str | None = None, *, seed: int | None = None,
+                 frames: torch.Tensor | None = None, refine_input: str | None = None, cancel=None,
+                 step_fields: dict | None = None) -> GenerationResult:
+        """One video for `job` (its prompt, negative prompt, steps, guidance, aspect ratio, conditional
+        frames, guardrail/refiner switches). `input_path` defaults to the job's; `seed` overrides the job's
+        (best-of-N and long video step it); `frames` replaces the input file (long video)."""
         from engine import sampling
 
-        spec = self.spec
-        seed = spec.seed if seed is None else seed
-        negative_prompt = spec.negative_prompt if negative_prompt is None else negative_prompt
+        if isinstance(job, str):
+            raise TypeError("generate takes the job's GenerationSpec first (its prompt, steps, guidance...), "
+                            "not a prompt: pipe.generate(spec, input_path, seed=...)")
+        if build_key(job) != self.key:
+            raise ValueError("this pipeline was built for other settings (model, resolution, fps, checkpoints, "
+                             "offload or kernel flags); get one for this job with engine.pipeline.get_pipeline")
+        spec = job
+        prompt = job.prompt
+        if input_path is None and frames is None:
+            input_path = job.input_path
+        seed = job.seed if seed is None else seed
+        negative_prompt = job.negative_prompt
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
 
         def checked_prompt():
-            self.text_check(prompt, "prompt")
-            refined = self.refine(prompt, refine_input or input_path) if (refine_input or input_path) else None
-            if refined is not None:
+            if not spec.disable_guardrail:
+                self.guardrail.take_ran()  # this generation's list starts here (a blocked one left names)
+            if not spec.disable_guardrail:
+                self.text_check(prompt, "prompt")
+            source = refine_input or input_path
+            refined = self.refine(prompt, source) if (source and not spec.disable_prompt_refiner) else None
+            if refined is not None and not spec.disable_guardrail:
                 self.text_check(refined, "refined prompt")
             return refined
 
@@ -192,13 +206,13 @@ class Video2WorldPipeline:
 
         t0 = time.perf_counter()
         # offloaded T5 lives on the CPU and visits the GPU only for prompts it has not encoded yet
-        emb = self.text_encoder.encode([text, negative_prompt], run_on=self.device if spec.offload_text_encoder else None)
+        emb = self.text_encoder.encode([text, negative_prompt], run_on=self.device if self.build.offload_text_encoder else None)
         emb = parallel.broadcast_tensor(emb.to(self.device, self.dtype))  # bit-identical on every rank
         cond_emb, uncond_emb = emb[0:1], emb[1:2]
         timings["text_encode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        conditioning = self.conditioning(input_path, frames, spec.num_conditional_frames)
+        conditioning = self.conditioning(input_path, frames, spec.num_conditional_frames, spec.aspect_ratio)
         timings["vae_encode_s"] = time.perf_counter() - t0
 
         shape = tuple(conditioning.gt.shape)
@@ -232,11 +246,18 @@ class Video2WorldPipeline:
         self.report_memory()
 
         video = video.cpu()
+        checks: list[str] = []
         if not spec.disable_guardrail:
             video = self.video_check(video)
+            checks = self.guardrail.take_ran()
+            note = (" (tiny profile, blocklist only: Llama Guard 3, the video safety filter and face "
+                    "pixelation are not part of it)") if self.guardrail.profile == "tiny" else ""
+            self.ev.log(f"guardrail: checks that ran: {', '.join(checks) or 'none'}{note}")
+        else:
+            self.ev.log("guardrail: off (--disable_guardrail), no checks ran")
         timings["total_s"] = time.perf_counter() - t_all
         return GenerationResult(video=video, prompt=prompt, refined_prompt=refined, negative_prompt=negative_prompt,
-                                seed=seed, timings=timings, latent=x0[0].float().cpu())
+                                seed=seed, timings=timings, latent=x0[0].float().cpu(), guardrail_checks=checks)
 
     def video_check(self, video: torch.Tensor) -> torch.Tensor:
         from engine import io
@@ -265,18 +286,19 @@ class Video2WorldPipeline:
 _WARM: dict[tuple, Video2WorldPipeline] = {}
 
 
-def get_pipeline(spec: GenerationSpec, emit: events.Emit | None = None,
-                 factory: Callable[[GenerationSpec], Video2WorldPipeline] | None = None) -> Video2WorldPipeline:
-    key = model_key(spec)
+def get_pipeline(spec: GenerationSpec | BuildConfig, emit: events.Emit | None = None,
+                 factory: Callable[[BuildConfig], Video2WorldPipeline] | None = None) -> Video2WorldPipeline:
+    """The warm pipeline for this spec's BuildConfig, built (replacing the old one) when there is none."""
+    build = spec if isinstance(spec, BuildConfig) else BuildConfig.from_spec(spec)
+    key = build.key()
     pipe = _WARM.get(key)
     if pipe is None:
         _WARM.clear()  # free the old model before loading the new one
         memory.release_cached()
-        pipe = (factory or Video2WorldPipeline)(spec)
+        pipe = (factory or Video2WorldPipeline)(build)
         pipe.set_emit(emit)
         pipe.load()
         _WARM[key] = pipe
-    pipe.spec = spec  # per-job fields (prompt, seed, offload flags...) come from the new spec
     pipe.set_emit(emit)
     return pipe
 

@@ -8,10 +8,11 @@ cause names the field and the fix. Torch-free on purpose: the TUI and the daemon
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine.resolutions import ASPECT_RATIOS
 
@@ -82,6 +83,16 @@ class GenerationSpec(BaseModel):
     skip_generation: bool = False
     checkpoint_dir: str = ""
 
+    @field_validator("save_path")
+    @classmethod
+    def _video_suffix(cls, v: str, info: ValidationInfo) -> str:
+        # The reference appends .mp4 to a save_path without it; ffmpeg picks the container from the
+        # name, so a bare "out/clip" would otherwise die with a broken pipe. Best-of-N's save_path is
+        # a directory and keeps its name. (`mode` is declared first, so it is in info.data.)
+        if info.data.get("mode", "video2world") != "bestofn" and v and not v.lower().endswith(".mp4"):
+            return v + ".mp4"
+        return v
+
     @field_validator("aspect_ratio")
     @classmethod
     def _aspect(cls, v: str) -> str:
@@ -130,6 +141,55 @@ class GenerationSpec(BaseModel):
 
     def output_path(self) -> Path:
         return Path(self.save_path)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What is fixed when the pipeline's components are built: two jobs with equal BuildConfigs can share
+    one warm pipeline; any difference means building again. Everything else in a GenerationSpec
+    (prompt, input, seed, steps, guidance, aspect ratio, outputs, which checks run) is the job's own and
+    is passed to each generation instead of being stored on the pipeline.
+
+    Field names equal GenerationSpec's, so the checkpoint builders read either. The daemon's "can this
+    warm engine take this job" test is `build_key(spec_a) == build_key(spec_b)`.
+    """
+
+    model_size: str = "2B"
+    resolution: str = "720"
+    fps: int = 16
+    natten: bool = False
+    # checkpoint paths
+    dit_path: str = ""
+    load_ema: bool = False
+    checkpoint_dir: str = ""
+    # where components live and in which precision
+    num_gpus: int = 1
+    offload_guardrail: bool = False
+    offload_prompt_refiner: bool = False
+    offload_text_encoder: bool = False
+    downcast_text_encoder: bool = False
+    # kernels
+    attention_backend: str = "auto"
+    use_cuda_graphs: bool = False
+    compile_dit: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: "GenerationSpec | dict") -> "BuildConfig":
+        """From a GenerationSpec, or a spec dict (missing keys take GenerationSpec's defaults)."""
+        if isinstance(spec, dict):
+            spec = GenerationSpec.model_validate({k: v for k, v in spec.items() if k in GenerationSpec.model_fields})
+        return cls(**{f.name: getattr(spec, f.name) for f in dataclass_fields(cls)})
+
+    def key(self) -> tuple:
+        return tuple(asdict(self).items())
+
+
+BUILD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(BuildConfig))
+
+
+def build_key(spec: "GenerationSpec | dict | BuildConfig") -> tuple:
+    """The hashable key of a spec's build-time fields (BuildConfig): equal keys, same warm pipeline."""
+    return (spec if isinstance(spec, BuildConfig) else BuildConfig.from_spec(spec)).key()
 
 
 class InputError(ValueError):

@@ -293,3 +293,29 @@ def test_rich_renderer_tracks_bars():
     assert (steps.completed, steps.total) == (3, 4)
     assert "generations" in r.tasks and "peak 2.0 GiB" in steps.fields["info"]
     assert "hello there" in buf.getvalue()
+
+
+def test_batch_entry_overrides_spec_fields_and_ignores_unknown_keys(tmp_path, image, fake_run_job, capsys):
+    # issue #18: the reference ignores keys it does not know; ours rejected the entry
+    batch = tmp_path / "jobs.json"
+    batch.write_text(json.dumps([
+        {"input_video": str(image), "prompt": "a", "seed": 9, "guidance": 3.5, "negative_prompt": "blur",
+         "colour": "red", "output_video": str(tmp_path / "a")},
+        {"input_video": str(image), "prompt": "b"},
+        {"input_video": str(image), "prompt": "c", "seed": "nine"},
+        {"input_video": str(image), "prompt": "d", "num_gpus": 2},
+    ]))
+    code = cli_args.main("video2world", ["--batch_input_json", str(batch), "--seed", "3"])
+    assert code == 2  # entries 2 and 3 are mistakes
+    a, b = fake_run_job
+    assert (a.seed, a.guidance, a.negative_prompt, a.save_path) == (9, 3.5, "blur", str(tmp_path / "a.mp4"))
+    assert (b.seed, b.guidance) == (3, 7.0)  # an entry's override does not leak into the next
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "entry 0: colour: unknown key, ignored" in warnings[0]
+    assert "entry 2: seed:" in err and "entry 3: num_gpus:" in err
+
+
+def test_batch_help_says_entries_may_override_fields():
+    text = " ".join(cli_args.build_parser("video2world").format_help().split())
+    assert "unknown keys are ignored" in text and "seed, guidance" in text

@@ -108,3 +108,10 @@ def test_ranking_sorts_by_score_and_ties_keep_order(tmp_path):
     assert doc["winner"] == "b"
     assert json.loads((tmp_path / "ranking.json").read_text())["winner"] == "b"
     assert critic.write_ranking([], tmp_path / "empty.json")["winner"] is None
+
+
+def test_the_first_answer_tag_decides_as_in_the_reference():
+    text = "<think>...</think><answer>No</answer> on reflection <answer>yes</answer>"
+    assert critic.parse_answer(text) == "no"
+    assert critic.parse_trial(text).answer == "no"
+    assert critic.parse_answer("<answer> YES </answer><answer>no</answer>") == "yes"

@@ -166,3 +166,33 @@ def test_model_checks_that_error_let_through_but_warn(tmp_path):
     assert any("LlamaGuard3 errored" in m for m in warnings)
     assert any("VideoSafetyClassifier could not load" in m for m in warnings)
     assert set(g.report()["ran"]) >= {"Blocklist", "LlamaGuard3", "VideoSafetyClassifier"}
+
+
+def test_full_guardrail_refuses_without_its_checkpoints(tmp_path):
+    # issue #18: missing Llama Guard 3 / video safety filter used to be skipped with no log line
+    from engine.guardrail import GuardrailUnavailable
+    from engine.spec import InputError
+
+    g = Guardrail(tmp_path / "checkpoints", config_dir=tmp_path / "config", device="cpu")
+    assert g.missing() == ["LlamaGuard3", "VideoSafetyClassifier"]
+    with pytest.raises(GuardrailUnavailable) as err:
+        g.require()
+    msg = str(err.value)
+    assert isinstance(err.value, InputError) and "\n" not in msg
+    assert "Llama Guard 3" in msg and "video safety filter" in msg and "--disable_guardrail" in msg
+    (tmp_path / "checkpoints" / "meta-llama" / "Llama-Guard-3-8B").mkdir(parents=True)
+    g = Guardrail(tmp_path / "checkpoints", config_dir=tmp_path / "config", device="cpu")
+    with pytest.raises(GuardrailUnavailable, match="the video safety filter checkpoint .* is missing") as err:
+        g.require()
+    assert "Llama Guard" not in str(err.value)
+
+
+def test_tiny_guardrail_is_the_blocklist_alone_and_says_so(tmp_path):
+    g = Guardrail(tmp_path / "checkpoints", config_dir=tmp_path / "config", device="cpu", profile="tiny")
+    g.require()  # nothing required
+    assert [c.name for c in g.text_checks] == ["Blocklist"] and g.video_checks == [] and g.face is None
+    assert g.check_text("a robot arm").ok
+    verdict, _ = g.check_video(np.zeros((2, 16, 16, 3), np.uint8))
+    assert verdict.ok and g.take_ran() == ["Blocklist"] and g.take_ran() == []
+    rep = g.report()
+    assert rep["profile"] == "tiny" and "tiny profile" in rep["checks"]["LlamaGuard3"]["detail"]

@@ -155,14 +155,16 @@ def test_prompt_sidecar_sections(tmp_path):
     video = tmp_path / "clip.mp4"
     p = io.write_prompt_sidecar(video, "a cat", "blurry", "a fluffy cat walks")
     assert p == tmp_path / "clip.txt"
-    assert p.read_text() == "[Prompt]\na cat\n\n[Negative Prompt]\nblurry\n\n[Refined Prompt]\na fluffy cat walks\n"
+    # the reference's layout: headers and texts on consecutive lines, no blank line between sections
+    assert p.read_text() == "[Prompt]\na cat\n[Negative Prompt]\nblurry\n[Refined Prompt]\na fluffy cat walks\n"
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert p.stat().st_mode == plain.stat().st_mode  # the umask applies, not a private 0600
     p = io.write_prompt_sidecar(video, "a cat")
     assert p.read_text() == "[Prompt]\na cat\n"
-    text = io.write_prompt_sidecar(video, "x", None, ["one", "two"]).read_text()
-    assert "[Refined Prompt 1]\none" in text and "[Refined Prompt 2]\ntwo" in text
+    text = io.write_prompt_sidecar(video, "x", "n", ["one", None, "three"]).read_text()
+    assert text == ("[Prompt]\nx\n[Negative Prompt]\nn\n"
+                    "[Refined Prompt for chunk 0]\none\n[Refined Prompt for chunk 2]\nthree\n")
 
 
 def test_job_record_holds_full_spec_seed_timings(tmp_path):
@@ -213,3 +215,40 @@ def test_demo_input_is_drawn_once(tmp_path):
     assert im.shape == (192, 320, 3) and im.std() > 20  # not a flat image
     p.write_bytes(b"user's own file")  # an existing file must be left as is
     assert io.ensure_demo_input(p).read_bytes() == b"user's own file"
+
+
+def test_save_path_without_extension_gets_mp4_and_writes(tmp_path):
+    # issue #18: `--save_path out/noext` used to reach ffmpeg as a name with no container -> broken pipe
+    spec = GenerationSpec(save_path=str(tmp_path / "out" / "noext"))
+    assert spec.save_path.endswith("noext.mp4")
+    assert GenerationSpec(mode="bestofn", save_path=str(tmp_path / "dir")).save_path == str(tmp_path / "dir")
+    io.write_video(spec.save_path, torch.zeros(3, 2, 32, 48, dtype=torch.uint8), 16)
+    assert io.probe_video(spec.save_path)["frames"] == 2
+
+
+def _fake_ffmpeg(tmp_path, script: str) -> str:
+    exe = tmp_path / "fake-ffmpeg"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    return str(exe)
+
+
+@pytest.mark.parametrize("script", [
+    # ffmpeg takes every frame, writes part of the file, then fails to flush (a full disk)
+    'cat > /dev/null; for a; do out="$a"; done; printf partial > "$out"; '
+    'echo "Error writing trailer: No space left on device" >&2; exit 1\n',
+    # ffmpeg dies at once: our writes hit a closed pipe
+    'for a; do out="$a"; done; printf x > "$out"; echo "av_interleaved_write_frame(): No space left on device" >&2; exit 1\n',
+])
+def test_failed_ffmpeg_leaves_no_video_and_says_why(tmp_path, monkeypatch, script):
+    from engine import mp4
+
+    monkeypatch.setattr(mp4, "ffmpeg_exe", lambda: _fake_ffmpeg(tmp_path, script))
+    dest = tmp_path / "out" / "clip.mp4"
+    big = torch.zeros(3, 40, 128, 128, dtype=torch.uint8)  # > a pipe buffer, so the early death is noticed
+    with pytest.raises(mp4.VideoWriteError) as e:
+        io.write_video(dest, big, 16)
+    msg = str(e.value)
+    assert str(dest) in msg and "status 1" in msg and "No space left on device" in msg
+    assert not dest.exists()
+    assert not [p for p in dest.parent.iterdir()]  # the partial file is gone too

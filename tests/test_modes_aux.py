@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine import io
 from engine.modes import run_job
@@ -93,3 +94,29 @@ def test_guardrail_on_lets_a_safe_prompt_through_and_checks_the_video(tmp_path):
     evs: list[dict] = []
     video = run_job(spec, emit=evs.append)[0]
     assert Path(video).exists()
+
+
+def test_guardrail_checks_are_logged_and_recorded_in_the_job_record(tmp_path):
+    spec = tiny(tmp_path, disable_guardrail=False)
+    evs: list[dict] = []
+    video, txt, js = run_job(spec, emit=evs.append)
+    assert json.loads(Path(js).read_text())["guardrail_checks"] == ["Blocklist"]
+    logs = [e.get("message", "") for e in evs if e["event"] == "log"]
+    assert any("guardrail: checks that ran: Blocklist" in m for m in logs)
+    assert any("tiny profile, blocklist only" in m for m in logs)
+    off = tiny(tmp_path, save_path=str(tmp_path / "off.mp4"))
+    evs.clear()
+    js = run_job(off, emit=evs.append)[2]
+    assert json.loads(Path(js).read_text())["guardrail_checks"] == []
+    assert any("no checks ran" in e.get("message", "") for e in evs if e["event"] == "log")
+
+
+def test_full_guardrail_without_checkpoints_refuses_before_generating(tmp_path, monkeypatch):
+    from engine.guardrail import GuardrailUnavailable
+    from engine.pipeline import Video2WorldPipeline
+    from engine.spec import BuildConfig
+
+    monkeypatch.setenv("COSMOS_TUI_CHECKPOINTS", str(tmp_path / "no-checkpoints"))
+    pipe = Video2WorldPipeline(BuildConfig(model_size="2B"), device=torch.device("cpu"))  # not loaded
+    with pytest.raises(GuardrailUnavailable, match="--disable_guardrail"):
+        pipe.text_check("a robot arm", "prompt")

@@ -82,6 +82,23 @@ def test_warm_pipeline_is_reused(tmp_path):
     assert get_pipeline(tiny(tmp_path, natten=True)).key != first.key
 
 
+def test_a_warm_pipeline_takes_each_jobs_own_fields_and_refuses_other_builds(tmp_path):
+    a = tiny_spec(tmp_path, num_steps=2)
+    b = a.model_copy(update={"num_steps": 1, "prompt": "another", "guidance": 0.0})
+    pipe = get_pipeline(a)
+    assert not hasattr(pipe, "spec")  # nothing job-specific is stored on a shared pipeline
+    totals = {}
+    for job in (b, a):  # b first: a pipeline that kept the first job's settings would sample a with b's steps
+        evs: list[dict] = []
+        pipe.set_emit(evs.append)
+        res = pipe.generate(job)
+        assert res.prompt == job.prompt
+        totals[job.num_steps] = {e["total"] for e in evs if e["event"] == "step"}
+    assert len(totals[1]) == len(totals[2]) == 1 and max(totals[1]) < max(totals[2])
+    with pytest.raises(ValueError, match="built for other settings"):
+        pipe.generate(a.model_copy(update={"fps": 10}))
+
+
 def test_benchmark_runs_four_times_and_reports_the_mean_of_three(tmp_path):
     spec = tiny(tmp_path, benchmark=True)
     evs: list[dict] = []
@@ -168,9 +185,55 @@ def test_conditioning_frames_survive_into_the_output(tmp_path):
     conditioned latent is re-imposed on x0 after every call, so it is exactly the encoded input."""
     spec = tiny(tmp_path)
     pipe = get_pipeline(spec)
-    res = pipe.generate(spec.prompt, spec.input_path, seed=0)
+    res = pipe.generate(spec, spec.input_path, seed=0)
     w, h = resolutions.frame_size("720", "16:9", "tiny")
     clip = io.to_signed_unit(io.load_conditioning_clip(spec.input_path, 1, w, h, resolutions.num_frames(16, "tiny"))).unsqueeze(0)
     with torch.inference_mode():
         gt = pipe.vae.encode(clip)
     assert torch.equal(res.latent[:, :1], gt[0, :, :1].float())
+
+
+class RecordingRefiner:
+    """Stands in for Cosmos-Reason1: records the picture each refinement was shown."""
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def refine_prompt(self, prompt, input_path):
+        self.seen.append(io.read_image(input_path))
+        return f"{prompt}, refined for chunk {len(self.seen) - 1}"
+
+
+def test_long_video_refines_each_chunk_against_its_own_conditioning_frames(tmp_path):
+    spec = tiny_spec(tmp_path, num_steps=1, mode="lvg", num_chunks=2, disable_prompt_refiner=False)
+    pipe = get_pipeline(spec)
+    refiner = RecordingRefiner()
+    pipe._refiner = refiner
+    conditioned_on = []  # what generate() was given for each chunk
+    real_generate = pipe.generate
+
+    def recording_generate(*args, **kw):
+        res = real_generate(*args, **kw)
+        conditioned_on.append(kw.get("frames"))
+        return res
+
+    pipe.generate = recording_generate
+    try:
+        outputs = run_job(spec, pipeline=pipe)
+    finally:
+        pipe._refiner = None
+        del pipe.generate
+    assert len(refiner.seen) == 2
+    w, h = resolutions.frame_size(spec.resolution, spec.aspect_ratio, "tiny")
+    first = io.resize_cover_crop(io.read_image(spec.input_path)[None], w, h)[:, 0].permute(1, 2, 0).numpy()
+    assert np.array_equal(io.resize_cover_crop(refiner.seen[0][None], w, h)[:, 0].permute(1, 2, 0).numpy(), first)
+    for k in (1,):
+        # chunk k was refined against the exact (8-bit) frame it continues from, not the original input
+        tail = io.to_uint8(conditioned_on[k][:, -1]).permute(1, 2, 0).numpy()
+        assert np.array_equal(refiner.seen[k], tail)
+        assert not np.array_equal(refiner.seen[k], first)
+    text = open(outputs[1]).read()
+    assert "[Refined Prompt for chunk 0]\n" + spec.prompt + ", refined for chunk 0\n" in text
+    assert "[Refined Prompt for chunk 1]\n" + spec.prompt + ", refined for chunk 1\n" in text
+    assert "\n\n" not in text
+    assert json.loads(open(outputs[2]).read())["refined_prompts"][1].endswith("refined for chunk 1")

@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import io as io_
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Sequence
 
 import imageio.v3 as iio
 import pytest
@@ -19,6 +22,7 @@ from tests.tiny import small_video
 
 pytestmark = pytest.mark.slow
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 COMMON = ["--model_size", "tiny", "--num_steps", "1", "--disable_guardrail", "--disable_prompt_refiner"]
 
 
@@ -26,19 +30,23 @@ MODES = {"engine.video2world": "video2world", "engine.video2world_lvg": "lvg",
          "engine.video2world_bestofn": "bestofn"}
 
 
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m module COMMON args`, in this process: `python -m engine.X` is exactly
+def run(module: str, *args: str, common: Sequence[str] = COMMON, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m module args common`, in this process: `python -m engine.X` is exactly
     `cli_args.main(mode, argv)` plus `sys.exit`, and a new interpreter costs ~8 s of imports (torch,
-    transformers) per command on a 2-core box. `run_subprocess` below keeps the real `-m` path covered."""
+    transformers) per command on a 2-core box; `run_subprocess` keeps the real `-m` path covered.
+    `common` comes last so that it wins over a flag the args repeat (argparse keeps the last value),
+    e.g. the guide's --model_size 2B."""
     out, err = io_.StringIO(), io_.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(MODES[module], [*COMMON, *args])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or os.getcwd()):
+        code = main(MODES[module], [*args, *common])
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
-def run_subprocess(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *COMMON, *args], capture_output=True, text=True,
-                          timeout=300)
+def run_subprocess(module: str, *args: str, common: Sequence[str] = COMMON, cwd=None) -> subprocess.CompletedProcess:
+    """The same through a real `python -m`; with `cwd`, the checkout stays importable through PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", module, *args, *common], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)
 
 
 def test_single_image_and_five_frame_video(tmp_path):

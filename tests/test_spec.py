@@ -36,3 +36,27 @@ def test_missing_input(tmp_path):
     s = GenerationSpec(input_path=str(tmp_path / "nope.mp4"))
     with pytest.raises(ValueError, match="input_path: .* does not exist"):
         s.check_input()
+
+
+# Every GenerationSpec field is either fixed when the pipeline is built (BuildConfig) or the job's own;
+# a new field must be put on one side here, on purpose.
+JOB_FIELDS = {"mode", "prompt", "input_path", "negative_prompt", "aspect_ratio", "num_conditional_frames",
+              "batch_input_json", "guidance", "seed", "num_steps", "save_path", "disable_guardrail",
+              "disable_prompt_refiner", "benchmark", "num_chunks", "num_generations", "num_critic_trials",
+              "skip_generation"}
+
+
+def test_build_config_lists_every_build_time_field_and_only_those():
+    from engine.spec import BUILD_FIELDS, BuildConfig, GenerationSpec, build_key
+
+    assert set(BUILD_FIELDS) | JOB_FIELDS == set(GenerationSpec.model_fields)
+    assert not set(BUILD_FIELDS) & JOB_FIELDS
+    base = GenerationSpec(model_size="tiny")
+    job = dict(prompt="other", seed=9, guidance=2.0, num_steps=3, aspect_ratio="1:1", save_path="x.mp4",
+               negative_prompt="n", disable_guardrail=True)
+    assert build_key(base) == build_key(base.model_copy(update=job))
+    for name, value in [("fps", 10), ("natten", True), ("offload_text_encoder", True), ("dit_path", "d.pt"),
+                        ("downcast_text_encoder", True), ("attention_backend", "math"), ("num_gpus", 2)]:
+        assert build_key(base) != build_key(base.model_copy(update={name: value})), name
+    assert BuildConfig.from_spec({"model_size": "tiny", "prompt": "p"}) == BuildConfig.from_spec(base)
+    assert build_key(BuildConfig.from_spec(base)) == build_key(base)

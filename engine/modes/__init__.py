@@ -34,11 +34,16 @@ def run_job(spec: GenerationSpec, emit: events.Emit | None = None, pipeline=None
 
 
 def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):
-    """The warm pipeline for this spec (or the one the caller passed), reporting to `ev`."""
+    """The warm pipeline for this spec's build-time fields (or the one the caller passed, which must have
+    been built for them), reporting to `ev`. The job's own fields go to each `generate` call."""
     from engine.pipeline import get_pipeline
 
+    from engine.spec import build_key
+
     if pipeline is not None:
-        pipeline.spec = spec
+        if pipeline.key != build_key(spec):
+            raise ValueError("the pipeline passed in was built for other settings than this job's "
+                             "(engine.spec.build_key differs); pass none and one will be built")
         pipeline.set_emit(ev._emit, ev.job)
         return pipeline
     pipe = get_pipeline(spec, emit=ev._emit)

@@ -47,7 +47,7 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         videos = []
         for g in range(spec.num_generations):
             seed = spec.seed + g
-            result = pipe.generate(spec.prompt, spec.input_path, seed=seed, cancel=cancel,
+            result = pipe.generate(spec, spec.input_path, seed=seed, cancel=cancel,
                                    step_fields={"generation": g + 1, "num_generations": spec.num_generations})
             path = candidate_path(spec, seed)
             if not parallel.is_main():

@@ -2,7 +2,8 @@
 
 Differences from the reference, on purpose:
 - the conditioning frames pass between chunks in memory at full precision (the reference writes
-  them to a lossy JPEG / mp4 and reads them back);
+  them to a lossy JPEG / mp4 and reads them back); only the prompt refiner, which reads files, gets
+  them as a file (`refine_input_<k>.png` / `.mp4` in the state directory);
 - after every chunk the partial video and a state directory are saved, so an interrupted job
   resumes from the last finished chunk instead of starting over.
 
@@ -90,9 +91,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         if k > 0:
             tail = parallel.broadcast_object(tail if main else None)
         result = pipe.generate(
-            spec.prompt, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
-            # the refiner looks at the original input: the previous chunk exists only in memory
-            refine_input=spec.input_path, cancel=cancel,
+            spec, spec.input_path if k == 0 else None, seed=spec.seed + k, frames=tail,
+            refine_input=_refine_input(spec, d, k, tail) if main else None, cancel=cancel,
             step_fields={"chunk": k + 1, "num_chunks": spec.num_chunks},
         )
         if not main:
@@ -118,14 +118,31 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
                                   negative_prompt=spec.negative_prompt, seed=spec.seed)
     else:
         result.video = full
-    refined = [p for p in state["refined_prompts"] if p]
-    result.refined_prompt = "\n".join(f"chunk {i + 1}: {p}" for i, p in enumerate(state["refined_prompts"]) if p) or None
-    outputs = write_result(spec, result, out, ev, extra={"chunks": spec.num_chunks, "refined_prompts": refined,
-                                                          "frames": int(full.shape[1])})
+    # one refined prompt per chunk (None where the refiner was off or kept the original), in chunk order
+    refined = list(state["refined_prompts"])
+    result.refined_prompt = None
+    outputs = write_result(spec, result, out, ev, refined=refined,
+                           extra={"chunks": spec.num_chunks, "refined_prompts": refined, "frames": int(full.shape[1])})
     if done < spec.num_chunks:
         ev("chunk", chunk=spec.num_chunks, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
     shutil.rmtree(d, ignore_errors=True)
     return outputs
+
+
+def _refine_input(spec: GenerationSpec, d: Path, k: int, tail) -> str | None:
+    """What the refiner looks at for chunk k: the input for chunk 0, then the frames that chunk k is
+    conditioned on (the last n of chunk k-1), as the reference refines each chunk against its own
+    start. Those frames live in memory, so they are written (losslessly for one frame) into the state
+    directory: the refiner reads files."""
+    from engine import io
+
+    if spec.disable_prompt_refiner:
+        return None
+    if k == 0:
+        return spec.input_path
+    if tail.shape[1] == 1:
+        return str(io.write_image(d / f"refine_input_{k}.png", tail[:, 0]))
+    return str(io.write_video(d / f"refine_input_{k}.mp4", tail, spec.fps))
 
 
 def _assemble(d: Path, chunks: int):
