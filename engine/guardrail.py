@@ -7,7 +7,9 @@ the job log can state exactly what protected a generation.
 
 Text:  Blocklist (always) -> LlamaGuard3 (checkpoints/meta-llama/Llama-Guard-3-8B).
 Video: SafetyClassifier (SigLIP + MLP, Cosmos-Guardrail1/video_content_safety_filter),
-       then FaceFilter (pixelates faces; Haar cascade from OpenCV when `cv2` imports).
+       then FaceFilter (pixelates faces): RetinaFace ResNet-50 (engine/models/retinaface.py) when
+       Cosmos-Guardrail1/face_blur_filter/Resnet50_Final.pth exists, as the reference does; otherwise
+       OpenCV's Haar cascade when `cv2` imports. The job record names the detector that ran.
 
 Like the reference, a generation with the guardrail on needs Llama Guard 3 and the video safety
 filter: `Guardrail.require()` refuses (GuardrailUnavailable, one sentence naming the missing
@@ -35,6 +37,7 @@ from engine.spec import InputError
 log = logging.getLogger(__name__)
 
 GUARDRAIL_DIR = Path("nvidia") / "Cosmos-Guardrail1"
+RETINAFACE_FILE = GUARDRAIL_DIR / "face_blur_filter" / "Resnet50_Final.pth"
 LLAMA_GUARD_DIR = Path("meta-llama") / "Llama-Guard-3-8B"
 SIGLIP_REPO = "google/siglip-so400m-patch14-384"
 
@@ -348,10 +351,12 @@ class SafetyClassifier(_Offloadable):
         return Verdict(True, self.name)
 
 
-def pixelate(frame: np.ndarray, box: Sequence[int], cells: int = 5) -> np.ndarray:
-    """Pixelate box (x0, y0, x1, y1) in place: down to cells x cells (linear), back up (nearest)."""
+def pixelate(frame: np.ndarray, box: Sequence[float], cells: int = 5) -> np.ndarray:
+    """Pixelate box (x0, y0, x1, y1) in place: down to cells x cells (linear), back up (nearest).
+
+    Coordinates are truncated to integers and clipped to the frame, as NVIDIA's filter does."""
     h, w = frame.shape[:2]
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = (int(v) for v in box[:4])
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if x1 <= x0 or y1 <= y0:
         return frame
@@ -392,19 +397,46 @@ def haar_face_detector() -> Callable[[np.ndarray], list[tuple[int, int, int, int
 
 
 class FaceFilter:
-    """Post-processor: pixelate every detected face of at least min_size x min_size pixels."""
+    """Post-processor: pixelate every detected face of at least min_size x min_size pixels.
+
+    `detector` maps one frame to boxes (x0, y0, x1, y1, ...); one with a `detect_frames(frames)` method
+    (RetinaFace) gets the whole video at once. Boxes are truncated to integers before the size test,
+    like the reference. If the detector fails (a broken checkpoint), `fallback` takes over for this
+    and later videos, with a warning; without one, the video goes out unpixelated, with a warning."""
 
     name = "FacePixelation"
 
-    def __init__(self, detector: Callable[[np.ndarray], list], detector_name: str, min_size: int = 20):
+    def __init__(self, detector: Callable[[np.ndarray], list], detector_name: str, min_size: int = 20,
+                 fallback: tuple[Callable[[np.ndarray], list], str] | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.detector, self.detector_name, self.min_size = detector, detector_name, min_size
+        self.fallback, self.warn = fallback, warn or log.warning
         self.faces = 0
+        self.failed: str | None = None  # why the first detector was given up, if it was
 
-    def apply(self, frames: np.ndarray) -> np.ndarray:
+    def _detect(self, frames: np.ndarray) -> list:
+        batch = getattr(self.detector, "detect_frames", None)
+        if batch is not None:
+            return list(batch(frames))
+        return [self.detector(f) for f in frames]
+
+    def apply(self, frames: np.ndarray) -> np.ndarray | None:
+        """The pixelated copy of frames [T,H,W,C]; None when no detector could run."""
+        try:
+            per_frame = self._detect(frames)
+        except Exception as err:  # noqa: BLE001
+            self.failed = f"{self.detector_name} failed ({type(err).__name__}: {err})"
+            if self.fallback is None:
+                self.warn(f"guardrail: {self.name}: {self.failed}; the faces of this video were not pixelated")
+                return None
+            self.detector, self.detector_name = self.fallback
+            self.fallback = None
+            self.warn(f"guardrail: {self.name}: {self.failed}; using {self.detector_name} instead")
+            return self.apply(frames)
         out = np.array(frames, copy=True)
-        for t in range(len(out)):
-            for box in self.detector(out[t]):
-                x0, y0, x1, y1 = box[:4]
+        for t, boxes in enumerate(per_frame):
+            for box in boxes:
+                x0, y0, x1, y1 = (int(v) for v in box[:4])
                 if x1 - x0 >= self.min_size and y1 - y0 >= self.min_size:
                     pixelate(out[t], (x0, y0, x1, y1))
                     self.faces += 1
@@ -444,7 +476,9 @@ class Guardrail:
     def __init__(self, checkpoints_root: str | os.PathLike | None, offload: bool = False,
                  emit: Callable | None = None, disabled: bool = False,
                  config_dir: str | os.PathLike | None = None, device: str | None = None,
-                 face_detector: Callable[[np.ndarray], list] | None = None, profile: str = "full"):
+                 face_detector: Callable[[np.ndarray], list] | None = None, profile: str = "full",
+                 face_config: Any = None):
+        # face_config: the RetinaFaceConfig the face checkpoint holds (ResNet-50 unless a test says tiny)
         if profile not in ("full", "tiny"):
             raise ValueError(f"guardrail profile {profile!r}: use 'full' or 'tiny'")
         self.disabled = disabled
@@ -486,20 +520,29 @@ class Guardrail:
 
         if face_detector is not None:
             self.face = FaceFilter(face_detector, "custom")
+            detail = "detector custom"
         else:
-            rf = self.root / GUARDRAIL_DIR / "face_blur_filter" / "Resnet50_Final.pth" if self.root else None
-            haar = haar_face_detector()
-            note = ""
-            if rf is not None and rf.is_file():
-                # The RetinaFace network is not implemented here yet; say so instead of pretending.
-                note = "RetinaFace weights found but RetinaFace is not implemented; "
-            if haar is not None:
-                self.face = FaceFilter(haar, "opencv-haar")
-            else:
-                self._unavailable("FacePixelation", "video", note + "no face detector: install opencv-python-headless")
+            self.face, detail = self._face_filter(device, offload, face_config)
         if self.face is not None:
-            self._status[self.face.name] = {"stage": "video", "available": True, "runs": 0,
-                                            "detail": f"detector {self.face.detector_name}"}
+            self._status[self.face.name] = {"stage": "video", "available": True, "runs": 0, "detail": detail}
+
+    def _face_filter(self, device: str, offload: bool, face_config: Any) -> tuple[FaceFilter | None, str]:
+        rf = self.root / RETINAFACE_FILE if self.root else None
+        haar = haar_face_detector()
+        fallback = (haar, "opencv-haar") if haar is not None else None
+        if rf is not None and rf.is_file():
+            from engine.models import retinaface
+
+            cfg = face_config or retinaface.RESNET50
+            det = retinaface.RetinaFaceDetector(rf, cfg, device=device, offload=offload)
+            return (FaceFilter(det, "RetinaFace", fallback=fallback, warn=self._warn),
+                    f"detector RetinaFace ({rf})")
+        where = rf or RETINAFACE_FILE
+        if haar is not None:
+            return FaceFilter(haar, "opencv-haar"), f"detector opencv-haar (no RetinaFace checkpoint at {where})"
+        self._unavailable("FacePixelation", "video", f"no RetinaFace checkpoint at {where} and no OpenCV "
+                          "(install opencv-python-headless for its face cascade)")
+        return None, ""
 
     # -- bookkeeping
 
@@ -573,11 +616,16 @@ class Guardrail:
             if not verdict.ok:
                 return self._blocked(verdict), frames
         if self.face is not None:
-            frames = self.face.apply(frames)
+            out = self.face.apply(frames)
             st = self._status[self.face.name]
-            st["runs"] += 1
-            self._mark_ran(self.face.name)
             st["faces"] = self.face.faces
+            if self.face.failed:
+                st["detail"] = f"{self.face.failed}; detector now {self.face.detector_name}"
+            if out is not None:
+                frames = out
+                st["runs"] += 1
+                # the record says which detector pixelated this video
+                self._mark_ran(f"{self.face.name} ({self.face.detector_name})")
         return Verdict(True, "guardrail"), frames
 
     def _blocked(self, verdict: Verdict) -> Verdict:
