@@ -196,3 +196,137 @@ def test_tiny_guardrail_is_the_blocklist_alone_and_says_so(tmp_path):
     assert verdict.ok and g.take_ran() == ["Blocklist"] and g.take_ran() == []
     rep = g.report()
     assert rep["profile"] == "tiny" and "tiny profile" in rep["checks"]["LlamaGuard3"]["detail"]
+
+
+# ----------------------------------------------------------------------------- face pixelation with RetinaFace
+
+
+def cv2_pixelated(region):
+    """NVIDIA's pixelation, spelled out: 5x5 by linear interpolation, back up by nearest."""
+    cv2 = pytest.importorskip("cv2")
+    h, w = region.shape[:2]
+    small = cv2.resize(region, (5, 5), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def test_pixelation_changes_exactly_the_detected_boxes(tmp_path):
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (2, 60, 90, 3), dtype=np.uint8)
+    # float boxes as RetinaFace gives them, with scores: truncated like NVIDIA's int() (-5.7 -> -5,
+    # 19.9 -> 19), sizes tested before clipping, then clipped to the frame
+    boxes = {
+        0: [(10.9, 5.2, 40.99, 30.0, 0.99), (-5.7, 38.5, 21.0, 70.0, 0.9)],
+        1: [(60.2, 10.0, 80.1, 29.9, 0.95), (50.0, 40.0, 69.9, 59.0, 0.8)],  # 19 high / 19 wide: skipped
+    }
+
+    class Stub:
+        calls = 0
+
+        def detect_frames(self, fr):
+            Stub.calls += 1
+            assert np.array_equal(fr, frames)  # the detector sees the untouched video
+            return [np.array(boxes[t], np.float32) for t in range(len(fr))]
+
+    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu", face_detector=Stub())
+    verdict, out = g.check_video(frames)
+    assert verdict.ok and Stub.calls == 1
+    want = frames.copy()
+    for t, (y0, y1, x0, x1) in ((0, (5, 30, 10, 40)), (0, (38, 60, 0, 21))):
+        want[t, y0:y1, x0:x1] = cv2_pixelated(want[t, y0:y1, x0:x1])
+    assert np.array_equal(out, want)  # the boxes' pixels, and nothing else
+    assert not np.array_equal(out[0, 5:30, 10:40], frames[0, 5:30, 10:40])
+    assert np.array_equal(out[1], frames[1])
+    assert g.report()["checks"]["FacePixelation"]["faces"] == 2
+
+
+def save_tiny_retinaface(root, seed=0):
+    """A tiny RetinaFace at the released checkpoint's path, saved with DataParallel's `module.` names.
+
+    Its heads are set so that exactly the 32-pixel anchors of the stride-8 level fire (face logit +30,
+    all others -30) with zero box offsets: the boxes are those anchors. A freshly initialised network
+    (a loader that ignored the file) detects something else."""
+    torch = pytest.importorskip("torch")
+    from engine.models import retinaface as rf
+
+    model = rf.build_retinaface(rf.TINY, seed=seed)
+    with torch.no_grad():
+        for i in range(3):
+            cls, box = model.ClassHead[i].conv1x1, model.BboxHead[i].conv1x1
+            cls.weight.zero_(), box.weight.zero_(), box.bias.zero_()
+            cls.bias.copy_(torch.tensor([30.0, -30.0, 30.0, -30.0]))  # (background, face) per anchor
+        model.ClassHead[0].conv1x1.bias.copy_(torch.tensor([30.0, -30.0, -30.0, 30.0]))
+    path = root / "nvidia" / "Cosmos-Guardrail1" / "face_blur_filter" / "Resnet50_Final.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def expected_anchor_pixelation(frames):
+    """What the saved tiny checkpoint must do, computed without the detector: 32x32 boxes centred on
+    the stride-8 grid (exact in binary for 64x128 frames), greedy NMS at 0.4 over equal scores (ties in
+    prior order), each kept box pixelated in that order."""
+    t, h, w = frames.shape[:3]
+    boxes = [((j + 0.5) * 8 - 16, (i + 0.5) * 8 - 16, (j + 0.5) * 8 + 16, (i + 0.5) * 8 + 16)
+             for i in range(h // 8) for j in range(w // 8)]
+
+    def iou(a, b):
+        iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+        ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+        return iw * ih / (2 * 33 * 33 - iw * ih)
+
+    kept = []
+    for b in boxes:
+        if all(iou(b, k) <= 0.4 for k in kept):
+            kept.append(b)
+    out = frames.copy()
+    for f in range(t):
+        for x0, y0, x1, y1 in kept:
+            x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+            sl = np.s_[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+            out[f][sl] = cv2_pixelated(out[f][sl])
+    return out, len(kept)
+
+
+def test_retinaface_checkpoint_drives_face_pixelation_end_to_end(tmp_path):
+    pytest.importorskip("cv2")
+    from engine.models import retinaface as rf
+
+    path = save_tiny_retinaface(tmp_path)
+    frames = np.random.default_rng(3).integers(0, 256, (2, 64, 128, 3), dtype=np.uint8)
+    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu", face_config=rf.TINY)
+    assert g.face.detector_name == "RetinaFace"
+    assert str(path) in g.report()["checks"]["FacePixelation"]["detail"]
+    verdict, out = g.check_video(frames)
+    want, kept = expected_anchor_pixelation(frames)
+    assert verdict.ok and kept > 1
+    assert np.array_equal(out, want)
+    assert g.take_ran() == ["FacePixelation (RetinaFace)"]
+    assert g.report()["checks"]["FacePixelation"]["faces"] == 2 * kept
+    # a network that did not load the file finds other boxes (or none)
+    fresh = rf.RetinaFaceDetector(model=rf.build_retinaface(rf.TINY, seed=0), cfg=rf.TINY)
+    assert len(fresh.detect_frames(frames)[0]) != kept
+
+
+def test_without_the_retinaface_checkpoint_the_cascade_runs_and_the_record_says_so(tmp_path):
+    pytest.importorskip("cv2")
+    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu")
+    detail = g.report()["checks"]["FacePixelation"]["detail"]
+    assert "opencv-haar" in detail and "no RetinaFace checkpoint" in detail and "Resnet50_Final.pth" in detail
+    g.check_video(np.zeros((1, 32, 32, 3), np.uint8))
+    assert g.take_ran() == ["FacePixelation (opencv-haar)"]
+
+
+def test_broken_retinaface_checkpoint_warns_and_falls_back(tmp_path):
+    pytest.importorskip("cv2")
+    path = tmp_path / "nvidia" / "Cosmos-Guardrail1" / "face_blur_filter" / "Resnet50_Final.pth"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    events = []
+    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu", emit=events.append)
+    verdict, _ = g.check_video(np.zeros((1, 32, 32, 3), np.uint8))
+    assert verdict.ok
+    warnings = [e["message"] for e in events if e["event"] == "log" and e["level"] == "warning"]
+    assert any("RetinaFace failed" in m and "opencv-haar instead" in m for m in warnings)
+    assert g.take_ran() == ["FacePixelation (opencv-haar)"]
+    assert "RetinaFace failed" in g.report()["checks"]["FacePixelation"]["detail"]
