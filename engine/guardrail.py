@@ -26,6 +26,7 @@ import difflib
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -616,7 +617,12 @@ class Guardrail:
             if not verdict.ok:
                 return self._blocked(verdict), frames
         if self.face is not None:
+            t0, faces0 = time.perf_counter(), self.face.faces
+            self._log(f"guardrail: pixelating faces ({self.face.detector_name}) in {len(frames)} frames", "info")
             out = self.face.apply(frames)
+            if out is not None:
+                self._log(f"guardrail: {self.face.faces - faces0} face boxes pixelated by {self.face.detector_name} "
+                          f"({time.perf_counter() - t0:.1f} s)", "info")
             st = self._status[self.face.name]
             st["faces"] = self.face.faces
             if self.face.failed:

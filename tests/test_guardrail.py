@@ -294,7 +294,8 @@ def test_retinaface_checkpoint_drives_face_pixelation_end_to_end(tmp_path):
 
     path = save_tiny_retinaface(tmp_path)
     frames = np.random.default_rng(3).integers(0, 256, (2, 64, 128, 3), dtype=np.uint8)
-    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu", face_config=rf.TINY)
+    events = []
+    g = Guardrail(tmp_path, config_dir=tmp_path, device="cpu", face_config=rf.TINY, emit=events.append)
     assert g.face.detector_name == "RetinaFace"
     assert str(path) in g.report()["checks"]["FacePixelation"]["detail"]
     verdict, out = g.check_video(frames)
@@ -303,6 +304,9 @@ def test_retinaface_checkpoint_drives_face_pixelation_end_to_end(tmp_path):
     assert np.array_equal(out, want)
     assert g.take_ran() == ["FacePixelation (RetinaFace)"]
     assert g.report()["checks"]["FacePixelation"]["faces"] == 2 * kept
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert "guardrail: pixelating faces (RetinaFace) in 2 frames" in logs
+    assert any(m.startswith(f"guardrail: {2 * kept} face boxes pixelated by RetinaFace (") for m in logs)
     # a network that did not load the file finds other boxes (or none)
     fresh = rf.RetinaFaceDetector(model=rf.build_retinaface(rf.TINY, seed=0), cfg=rf.TINY)
     assert len(fresh.detect_frames(frames)[0]) != kept

@@ -393,8 +393,10 @@ class RetinaFaceDetector:
             for i in range(0, t, self.batch):
                 loc, conf, _ = model(self.preprocess(frames[i:i + self.batch]))
                 boxes = decode_boxes(loc, priors, self.cfg.variances) * scale
+                # selection and NMS on the CPU, like the reference: the greedy loop is many tiny steps
+                boxes, scores = boxes.float().cpu(), conf[..., 1].float().cpu()
                 for b in range(boxes.shape[0]):
-                    out.append(select_detections(boxes[b], conf[b, :, 1], self.cfg).cpu().numpy())
+                    out.append(select_detections(boxes[b], scores[b], self.cfg).numpy())
                 if progress is not None:
                     progress(min(i + self.batch, t), t)
             return out
