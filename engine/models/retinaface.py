@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -375,14 +375,16 @@ class RetinaFaceDetector:
         x = x.permute(0, 3, 1, 2)[:, [2, 1, 0]]  # RGB -> BGR, the order the network was trained on
         return x - torch.tensor(self.cfg.mean_bgr, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
 
-    @torch.inference_mode()
-    def detect_frames(self, frames: np.ndarray, progress: Callable[[int, int], None] | None = None
-                      ) -> list[np.ndarray]:
+    def detect_frames(self, frames: np.ndarray) -> list[np.ndarray]:
         """Per frame, an array [K, 5] of (x1, y1, x2, y2, score) in pixels, best first."""
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"RetinaFace wants frames [T,H,W,3], got {frames.shape}")
-        model = self.load()
+        model = self.load()  # outside inference mode: the parameters stay ordinary tensors
+        with torch.inference_mode():
+            return self._detect(model, frames)
+
+    def _detect(self, model: RetinaFace, frames: np.ndarray) -> list[np.ndarray]:
         if self.offload:
             model.to(self.device)
         try:
@@ -397,8 +399,6 @@ class RetinaFaceDetector:
                 boxes, scores = boxes.float().cpu(), conf[..., 1].float().cpu()
                 for b in range(boxes.shape[0]):
                     out.append(select_detections(boxes[b], scores[b], self.cfg).numpy())
-                if progress is not None:
-                    progress(min(i + self.batch, t), t)
             return out
         finally:
             if self.offload:
