@@ -123,8 +123,9 @@ def gib(b: float) -> float:
 @torch.no_grad()
 def random_weights_(module: torch.nn.Module, seed: int = 0) -> None:
     """Fast seeded random weights on the GPU (speed doesn't depend on values, but zeros would lie)."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    for p in module.parameters():
+    params = list(module.parameters())
+    g = torch.Generator(device=params[0].device if params else "cuda").manual_seed(seed)
+    for p in params:
         if p.ndim >= 2:
             p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]), generator=g)
         else:

@@ -61,6 +61,7 @@ class Video2WorldPipeline:
         self.text_encoder = None
         self._refiner = None
         self._guardrail = None
+        self._offloaded = False  # DiT/VAE/T5 parked on the CPU while a critic had the GPU
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -130,6 +131,34 @@ class Video2WorldPipeline:
         self._guardrail = None
         memory.release_cached()
 
+    def offload_generator(self) -> int:
+        """Move the DiT, the VAE and T5 to the CPU so the critic (Cosmos-Reason1-7B) has the GPU: without
+        this, 14B best-of-N holds ~28.5 GB of DiT beside the critic on an 80 GB card. The pipeline stays
+        warm (host memory); the next generate brings the models back. Returns the bytes moved off the GPU."""
+        self.release_aux()
+        if self.device.type == "cpu" or self._offloaded:
+            return 0
+        parts = {"dit": self.dit, "vae": self.vae, "text_encoder": self.text_encoder}
+        moved = sum(b for per in memory.component_bytes(parts).values() for d, b in per.items() if d != "cpu")
+        for part in parts.values():
+            if part is not None:
+                memory.offload(part, empty_cache=False)
+        memory.release_cached()
+        self._offloaded = True
+        self.ev.log(f"generator moved to the CPU for the critic ({moved / 2**30:.1f} GiB of GPU memory freed)")
+        return moved
+
+    def _onload_generator(self) -> None:
+        if not self._offloaded:
+            return
+        t0 = time.perf_counter()
+        memory.onload(self.dit, self.device)
+        memory.onload(self.vae, self.device)
+        if not self.build.offload_text_encoder:
+            memory.onload(self.text_encoder, self.device)
+        self._offloaded = False
+        self.ev.log(f"generator back on {self.device} in {time.perf_counter() - t0:.1f}s")
+
     # -- one generation -----------------------------------------------------------------------
 
     def text_check(self, text: str, what: str) -> None:
@@ -181,6 +210,7 @@ class Video2WorldPipeline:
             raise ValueError("this pipeline was built for other settings (model, resolution, fps, checkpoints, "
                              "offload or kernel flags); get one for this job with engine.pipeline.get_pipeline")
         spec = job
+        self._onload_generator()
         prompt = job.prompt
         if input_path is None and frames is None:
             input_path = job.input_path
@@ -229,10 +259,25 @@ class Video2WorldPipeline:
             self.ev("step", step=i, total=total, seconds=round(seconds, 4), **extra)
 
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            x0 = sampling.sample(x0_fn, noise, sigmas, callback=on_step)
+        base = getattr(self.dit, "dit", self.dit)  # the MiniTrainDIT under a graph-step or parallel wrapper
+        cache = None
+        if spec.fast_threshold > 0:
+            from engine.step_cache import StepCache
+
+            cache = StepCache(spec.fast_threshold, total_calls=len(sigmas))
+            self.ev.log(f"fast mode (experimental): step cache at threshold {spec.fast_threshold:g}; "
+                        f"the video differs from the exact path")
+        base.step_cache = cache
+        try:
+            with torch.inference_mode():
+                x0 = sampling.sample(x0_fn, noise, sigmas, callback=on_step)
+        finally:
+            base.step_cache = None  # a warm pipeline's next job starts exact unless it asks again
         self._sync()
         timings["denoise_s"] = time.perf_counter() - t0
+        if cache is not None:
+            self.ev.log(cache.summary())
+            timings["skipped_calls"] = len(cache.skipped)
         if not parallel.is_main():
             # rank 0 decodes, checks and writes; the others only had to take part in the denoising
             return GenerationResult(video=None, prompt=prompt, refined_prompt=refined, negative_prompt=negative_prompt,

@@ -75,6 +75,9 @@ class GenerationSpec(BaseModel):
     # job of a warm engine pays the compilation (20-60 s). Ignored on CPU.
     compile_dit: bool = True
     attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "fa4", "natten"] = "auto"
+    # experimental fast mode (engine/step_cache.py): skip the DiT after its first block on denoiser calls
+    # whose first-block residual moved less than this; 0 = the exact path. Changes the result.
+    fast_threshold: float = Field(0.0, ge=0.0, le=1.0)
     # long video
     num_chunks: int = Field(6, ge=1, le=1000)
     # best-of-N
@@ -119,6 +122,13 @@ class GenerationSpec(BaseModel):
             raise ValueError("fps: long video (lvg) runs at 16 fps only; set fps = 16")
         if self.mode == "lvg" and self.resolution != "720" and self.model_size != "tiny":
             raise ValueError("resolution: long video (lvg) runs at 720p only; set resolution = \"720\"")
+        if self.fast_threshold > 0 and self.use_cuda_graphs:
+            # the cache decides per call in Python; a graph captured over the whole forward can't branch
+            raise ValueError("fast_threshold: the step cache does not work with use_cuda_graphs; "
+                             "set fast_threshold = 0 or use_cuda_graphs = false")
+        if self.fast_threshold > 0 and self.num_gpus > 1:
+            # each rank holds a slice of the tokens, so ranks could decide differently and hang
+            raise ValueError("fast_threshold: the step cache runs on one GPU only; set num_gpus = 1 or fast_threshold = 0")
         return self
 
     # -- checks that touch the file system: run when the job starts, not when it is queued --

@@ -36,6 +36,7 @@ SEED_DEFAULTS = {
     "compile_dit": True,  # ours, not a seed flag: compile on CUDA by default
     "skip_generation": False, "checkpoint_dir": "", "num_steps": 35, "attention_backend": "auto",
     "overwrite": False,  # ours: refuse to replace a file no job wrote
+    "fast_threshold": 0.0,  # ours: the experimental step cache is off unless asked for
 }
 MODULES = {"video2world": "engine.video2world", "lvg": "engine.video2world_lvg", "bestofn": "engine.video2world_bestofn"}
 

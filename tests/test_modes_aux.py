@@ -120,3 +120,23 @@ def test_full_guardrail_without_checkpoints_refuses_before_generating(tmp_path, 
     pipe = Video2WorldPipeline(BuildConfig(model_size="2B"), device=torch.device("cpu"))  # not loaded
     with pytest.raises(GuardrailUnavailable, match="--disable_guardrail"):
         pipe.text_check("a robot arm", "prompt")
+
+
+def test_best_of_n_parks_the_generator_before_the_critic_loads(tmp_path, monkeypatch):
+    # issue 17: 14B best-of-N only fits an 80 GB card when the DiT/VAE/T5 leave the GPU before
+    # Cosmos-Reason1 loads; on a CPU the move is a no-op, so the order of the calls is what is checked
+    from engine.modes import bestofn
+    from engine.pipeline import Video2WorldPipeline
+
+    calls: list[str] = []
+    real_offload, real_critic = Video2WorldPipeline.offload_generator, bestofn._critic
+    monkeypatch.setattr(Video2WorldPipeline, "offload_generator",
+                        lambda self: calls.append("offload") or real_offload(self))
+    monkeypatch.setattr(bestofn, "_critic", lambda *a: calls.append("critic") or real_critic(*a))
+    spec = tiny(tmp_path, mode="bestofn", num_generations=2, num_critic_trials=1, save_path=str(tmp_path / "bon"))
+    evs: list[dict] = []
+    run_job(spec, emit=evs.append)
+    assert calls == ["offload", "critic"]
+    gens = [i for i, e in enumerate(evs) if e["event"] == "generation"]
+    crit = [i for i, e in enumerate(evs) if e["event"] == "critic"]
+    assert max(gens) < min(crit)

@@ -363,6 +363,8 @@ class MiniTrainDIT(nn.Module):
         self.final_layer = FinalLayer(cfg)
         self.t_embedding_norm = RMSNorm(D)
         self.rope = VideoRoPE3D(cfg)
+        # engine/step_cache.py's StepCache while a fast-mode generation runs, else None (exact path)
+        self.step_cache = None
 
     def forward(
         self,
@@ -406,8 +408,11 @@ class MiniTrainDIT(nn.Module):
 
         rope = self.rope.cos_sin(Tp, Hp, Wp, x.device, t_offset)
         context = crossattn_emb.to(dtype)
-        for block in self.blocks:
-            x = block(x, emb, adaln_lora, context, rope, (Tp, Hp, Wp))
+        if self.step_cache is None:
+            for block in self.blocks:
+                x = block(x, emb, adaln_lora, context, rope, (Tp, Hp, Wp))
+        else:
+            x = self.step_cache.run(self.blocks, x, emb, adaln_lora, context, rope, (Tp, Hp, Wp))
         x = self.final_layer(x, emb, adaln_lora)
         return self._unpatchify(x)
 

@@ -55,9 +55,10 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
             outputs += write_result(spec, result, path, ev)
             videos.append(path)
             ev("generation", generation=g + 1, total=spec.num_generations, seed=seed, path=str(path))
-        pipe.release_aux()
         if not parallel.is_main():
             return []
+        # the critic needs the GPU the generator holds (14B best-of-N on an 80 GB card)
+        pipe.offload_generator()
 
     judge = _critic(spec, pipe, ev)
     results = []
@@ -76,6 +77,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
            score_pct=result.score_pct, answers=result.answers, index=i + 1, videos=len(videos),
            report=result.html_path)
         results.append(result)
+    del judge  # the critic is built per job: give its GPU memory back before the next job's generator returns
+    _report_memory(ev, "critic")
     ranking_path = out_dir / "ranking.json"
     doc = critic.write_ranking(results, ranking_path)
     outputs.append(str(ranking_path))
@@ -83,6 +86,15 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     if doc["winner"]:
         ev.log(f"best video: {doc['winner']} (score {doc['ranking'][0]['score']:.2f})")
     return outputs
+
+
+def _report_memory(ev: events.Emitter, phase: str) -> None:
+    from engine import memory
+
+    memory.release_cached()
+    fields = memory.cuda_memory()
+    if fields:
+        ev("memory", phase=phase, **fields)
 
 
 def _critic(spec: GenerationSpec, pipe, ev: events.Emitter):
