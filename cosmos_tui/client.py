@@ -1,11 +1,11 @@
 """The daemon's socket protocol, for the CLI and the TUI alike.
 
 One short connection per call, so a Client can be shared by threads (the TUI calls it from worker
-threads). `watch()` keeps its own connection open and yields events until closed.
+threads); the TUI polls `jobs()` / `events()`.
 
     c = Client.connect()            # starts the daemon if none is running
     jid = c.submit({"prompt": "a cat"}, preset="tiny-cpu")
-    for ev in c.watch(jid): ...
+    c.job(jid)["state"]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from cosmos_tui import paths
 
@@ -167,23 +166,6 @@ class Client:
 
     def shutdown(self, force: bool = False) -> str:
         return self.request("shutdown", force=force)
-
-    def watch(self, job: int | None = None, timeout: float | None = None) -> Iterator[dict]:
-        """Events as they happen (all jobs, or one). Blocks between events; `timeout` bounds each
-        wait (socket.timeout is raised). Close the generator to hang up."""
-        s = self._open(self.timeout)
-        try:
-            s.sendall((json.dumps({"op": "watch", "job": job}) + "\n").encode())
-            f = s.makefile("rb")
-            first = f.readline()
-            if not first or not json.loads(first).get("ok"):
-                raise DaemonError(f"watch refused: {first[:200]!r}")
-            s.settimeout(timeout)
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            s.close()
 
 
 def start_daemon(timeout: float = 60.0) -> list[str]:

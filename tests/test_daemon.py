@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, make_default_input, pid_alive, stop_daemon
 from cosmos_tui.client import Client, DaemonError, start_daemon
-from cosmos_tui.daemon import linger_warning
+from cosmos_tui.daemon.linger import linger_warning
 
 
 def wait_state(client, jid, states, wait_until, timeout=60):
@@ -237,30 +237,6 @@ def test_move_and_priority_order_the_queue(daemon):
     assert order() == [c, a, b, urgent]
     assert daemon.move(a, 99) == 4  # clamped
     assert order() == [c, b, urgent, a]
-
-
-def test_watch_streams_events_and_state_changes(daemon, tmp_path, wait_until):
-    seen = []
-    ready = threading.Event()
-
-    def watcher():
-        gen = daemon.watch(timeout=60)
-        ready.set()
-        for ev in gen:
-            seen.append(ev)
-            if ev["event"] == "state" and ev["state"] == "done":
-                gen.close()
-                return
-
-    t = threading.Thread(target=watcher, daemon=True)
-    t.start()
-    ready.wait(10)
-    wait_until(lambda: daemon.queue() is not None)  # the watch is registered by the time a request answers
-    jid = daemon.submit({"prompt": "watched", "save_path": str(tmp_path / "w.mp4")})
-    t.join(60)
-    kinds = [(e["event"], e.get("state")) for e in seen if e.get("job") == jid]
-    assert ("state", "queued") in kinds and ("state", "running") in kinds and ("state", "done") in kinds
-    assert ("step", None) in kinds and ("finished", None) in kinds
 
 
 def test_gpus_report_demo_inventory_and_holders(daemon, wait_until):
