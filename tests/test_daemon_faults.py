@@ -54,7 +54,7 @@ def test_a_failing_event_write_fails_the_job_and_the_next_job_runs(fake_engine_e
             a = op_submit(d, {"spec": {"prompt": "first", "save_path": str(tmp_path / "a.mp4")}})
             b = op_submit(d, {"spec": {"prompt": "second", "save_path": str(tmp_path / "b.mp4")}})
             await _until(lambda: d.store.job(b)["state"] == "done", what="job b to run after job a's failure")
-            ja = d.job_dict(d.store.job(a))
+            ja = d.job_wire(d.store.job(a))
             assert ja["state"] == "failed"
             assert ja["reason"] == "crash" and "No space left on device" in ja["error"]
         finally:
@@ -84,7 +84,7 @@ def test_a_failing_state_write_still_frees_the_engine_and_shows_the_failure(fake
             a = op_submit(d, {"spec": {"prompt": "first", "save_path": str(tmp_path / "a.mp4")}})
             b = op_submit(d, {"spec": {"prompt": "second", "save_path": str(tmp_path / "b.mp4")}})
             await _until(lambda: d.store.job(b)["state"] == "done", what="job b to run")
-            ja = d.job_dicts()
+            ja = d.jobs_wire()
             ja = next(j for j in ja if j["id"] == a)
             assert ja["state"] in ("done", "failed") and "No space left on device" in (ja["error"] or "")
             assert any("No space left on device" in w for w in op_queue(d, {})["warnings"])

@@ -116,7 +116,7 @@ def op_jobs(d, req):
     states = req.get("states")
     if states is not None and (not isinstance(states, list) or not all(isinstance(s, str) for s in states)):
         raise RequestError("states: expected a list of state names")
-    return d.job_dicts(states)
+    return d.jobs_wire(states)
 
 
 def op_job(d, req):
@@ -125,7 +125,7 @@ def op_job(d, req):
     place = None
     if row["state"] == "queued":
         place = [j["id"] for j in d.store.queued()].index(jid) + 1
-    return d.job_dict(row, place)
+    return d.job_wire(row, place)
 
 
 def op_events(d, req):

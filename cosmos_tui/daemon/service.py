@@ -16,7 +16,9 @@ from cosmos_tui import paths
 from cosmos_tui.daemon import engines as engine_procs
 from cosmos_tui.daemon.engines import Engine
 from cosmos_tui.daemon.log import describe, log
-from cosmos_tui.queue.core import EngineView, Evict, Start, dependency_failed, plan, waiting_on
+from cosmos_tui.queue.core import (CANCELLED_ERROR, Decision, EngineView, Evict, Start, apply, dependency_failed, plan,
+                                   wait_reason)
+from cosmos_tui.queue.job import Job
 from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import Store
 
@@ -217,67 +219,38 @@ class Daemon:
         if job is None or job != eng.job:
             self._append(paths.engine_log_path(), f"[engine {eng.pid}] stray event {json.dumps(ev, default=str)[:300]}")
             return
-        if eng.cancelling and kind in ("finished", "failed"):
-            return  # the kill decides: cancelled
         ev.setdefault("t", time.time())
         try:
-            self._record_event(job, kind, ev)
+            decision = apply(self.store.job(job) or {"id": job}, ev, cancelling=eng.cancelling)
+            self._record(job, ev, decision)
         except Exception as err:
             # a job whose events can't be stored must not hold its GPUs forever: stop it, say why
             log(f"could not record a {kind!r} event of job {job}:\n" + traceback.format_exc())
             self._abandon_job(eng, job, f"could not record the engine's {kind!r} event ({type(err).__name__}: "
                                         f"{err}); check the disk under {self.home}, then retry the job")
             return
-        if kind == "finished":
+        if decision.state is not None:
+            self._set_state(job, decision.state, **decision.state_columns)
+        if decision.pause:
+            self._safely("pause the queue", self.set_paused, True, decision.pause)
+        if decision.frees_engine:
             eng.job = None
-            self._set_state(job, "done", finished=time.time())
-            self.wake.set()
-        elif kind == "failed":
-            eng.job = None
-            reason = ev.get("reason") or "crash"
-            if reason == "cancelled":
-                self.finish_cancelled(job)
-            else:
-                self.fail_job(job, ev.get("error") or "failed", reason, stored=True)
-            if reason == "oom":
-                # a fresh process gives the next job the whole GPU back, fragmentation included
+            if decision.restart_engine and eng in self.engines:
                 self.engines.remove(eng)
                 asyncio.create_task(eng.kill(grace=2.0))
             self.wake.set()
 
-    def _record_event(self, job: int, kind: str, ev: dict) -> None:
+    def _record(self, job: int, ev: dict, decision: Decision) -> None:
+        if not decision.record:
+            return
         self.store.add_event(job, ev)
         self.job_log(job, describe(ev))
-        cols: dict = {}
-        if kind == "step":
-            row = self.store.job(job)
-            cols.update(step=ev.get("step"), total_steps=ev.get("total"))
-            if ev.get("chunk") is not None:
-                cols["chunk"] = ev["chunk"]
-            if ev.get("generation") is not None:
-                cols["generation"] = ev["generation"]
-            seconds = ev.get("seconds")
-            if isinstance(seconds, (int, float)) and seconds >= 0:
-                prev = row.get("sec_per_step")
-                cols["sec_per_step"] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
-        elif kind == "chunk":
-            cols.update(chunk=ev.get("chunk"), num_chunks=ev.get("total"))
-        elif kind == "generation":
-            cols.update(generation=ev.get("generation"), num_generations=ev.get("total"))
-        elif kind == "memory":
-            peak = ev.get("peak")
-            if isinstance(peak, (int, float)):
-                row = self.store.job(job)
-                cols["peak_mem"] = max(int(peak), row.get("peak_mem") or 0)
-        elif kind == "output" and ev.get("path"):
-            self.store.add_output(job, str(ev["path"]), ev.get("kind") or "video")
-        elif kind == "critic":
+        if decision.columns:
+            self.store.update(job, **decision.columns)
+        for path, kind in decision.outputs:
+            self.store.add_output(job, path, kind)
+        if decision.critic:
             self.store.add_critic(job, ev)
-        elif kind == "finished":
-            for p in ev.get("outputs") or []:
-                self.store.add_output(job, str(p), "video")
-        if cols:
-            self.store.update(job, **cols)
 
     def _abandon_job(self, eng: Engine, job: int, error: str) -> None:
         eng.job = None
@@ -320,21 +293,22 @@ class Daemon:
         except Exception as err:
             log(f"could not {what}: {type(err).__name__}: {err}")
 
-    def fail_job(self, job: int, error: str, reason: str, stored: bool = False) -> None:
-        if not stored:
-            ev = {"event": "failed", "job": job, "t": time.time(), "error": error, "reason": reason}
-            self._safely(f"store the failure of job {job}", self.store.add_event, job, ev)
-            self.job_log(job, describe(ev))
-        self._set_state(job, "failed", finished=time.time(), error=error, reason=reason)
-        if reason == "oom":
-            self._safely("pause the queue", self.set_paused, True,
-                         f"job {job} ran out of GPU memory; change its settings (or free the GPU), then resume the queue")
+    def settle(self, job: int, ev: dict) -> None:
+        """An end the daemon decided itself (a crash, a dependency, a cancel): the same event and
+        the same rules as one the engine reports, stored as far as the store lets us."""
+        decision = apply({"id": job}, ev)
+        self._safely(f"store the {ev.get('reason')} event of job {job}", self.store.add_event, job, ev)
+        self.job_log(job, describe(ev))
+        self._set_state(job, decision.state, **decision.state_columns)
+        if decision.pause:
+            self._safely("pause the queue", self.set_paused, True, decision.pause)
+
+    def fail_job(self, job: int, error: str, reason: str) -> None:
+        self.settle(job, {"event": "failed", "job": job, "t": time.time(), "error": error, "reason": reason})
 
     def finish_cancelled(self, job: int) -> None:
-        ev = {"event": "failed", "job": job, "t": time.time(), "error": "cancelled on request", "reason": "cancelled"}
-        self._safely(f"store the cancellation of job {job}", self.store.add_event, job, ev)
-        self.job_log(job, describe(ev))
-        self._set_state(job, "cancelled", finished=time.time(), error="cancelled on request", reason="cancelled")
+        self.settle(job, {"event": "failed", "job": job, "t": time.time(), "error": CANCELLED_ERROR,
+                          "reason": "cancelled"})
 
     # -- logs --
 
@@ -353,57 +327,27 @@ class Daemon:
         else:
             self._append(paths.job_log_path(job), f"{stamp} {text}")
 
-    # -- job dicts for clients --
+    # -- jobs for clients --
 
-    def job_dict(self, row: dict, place: int | None = None) -> dict:
+    def job_wire(self, row: dict, place: int | None = None, states: dict[int, str] | None = None) -> dict:
+        """The wire form (queue.job.Job) of a store row, with what only the daemon knows: changes
+        the store could not take, outputs, critic answers, the place and what it waits for."""
         row = {**row, **self.unsaved.get(row["id"], {})}
-        spec = row["spec"]
-        d = {k: row[k] for k in (
-            "id", "state", "mode", "preset", "prompt", "spec", "created", "started", "finished", "step",
-            "total_steps", "chunk", "num_chunks", "generation", "num_generations", "sec_per_step", "gpus",
-            "peak_mem", "error", "reason", "attempt_of", "priority", "gpus_wanted", "cwd", "engine_pid",
-        )}
-        d["held"], d["after"] = bool(row.get("held")), row.get("after")
-        if d["num_chunks"] is None and row["mode"] == "lvg":
-            d["num_chunks"] = spec.get("num_chunks")
-        if d["num_generations"] is None and row["mode"] == "bestofn":
-            d["num_generations"] = spec.get("num_generations")
-        d["eta_s"] = _eta(d) if row["state"] == "running" else None
-        d["outputs"] = self.store.outputs(row["id"])
-        d["critic"] = self.store.critic(row["id"])
-        d["log_path"] = str(paths.job_log_path(row["id"]))
-        d["place"] = place
-        d["wait_reason"] = None
-        if row["state"] == "queued":
-            waiting = waiting_on(row, set())
-            if self.paused:
-                d["wait_reason"] = "queue paused"
-            elif waiting == "held":
-                d["wait_reason"] = "held; release it to run"
-            elif waiting and (self.store.job(row["after"]) or {}).get("state") != "done":
-                d["wait_reason"] = f"waiting for job {row['after']} to finish"
-            elif place == 1:
-                d["wait_reason"] = f"waiting for {row['gpus_wanted']} free GPU(s)"
-            else:
-                d["wait_reason"] = f"number {place} in the queue"
-        return d
+        if states is None:
+            after = row.get("after")
+            states = {after: (self.store.job(after) or {}).get("state")} if after is not None else {}
+        return Job.from_row(
+            row, outputs=self.store.outputs(row["id"]), critic=self.store.critic(row["id"]),
+            log_path=str(paths.job_log_path(row["id"])), place=place,
+            wait_reason=wait_reason(row, place, self.paused, states),
+        ).to_wire()
 
-    def job_dicts(self, states=None) -> list[dict]:
+    def jobs_wire(self, states=None) -> list[dict]:
         rows = self.store.jobs(states)
+        every = {j["id"]: j["state"] for j in (rows if not states else self.store.jobs())}
         out, place = [], 0
         for r in rows:
             if r["state"] == "queued":
                 place += 1
-            out.append(self.job_dict(r, place if r["state"] == "queued" else None))
+            out.append(self.job_wire(r, place if r["state"] == "queued" else None, every))
         return out
-
-
-def _eta(d: dict) -> float | None:
-    sps, step, total = d.get("sec_per_step"), d.get("step"), d.get("total_steps")
-    if not sps or not total or step is None:
-        return None
-    remaining = total - step
-    for unit, units in (("chunk", "num_chunks"), ("generation", "num_generations")):
-        if d.get(units):
-            remaining += max(0, d[units] - (d.get(unit) or 1)) * total
-    return remaining * sps

@@ -110,3 +110,93 @@ def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused:
         # the engine to be spawned: no id yet, and busy, so nothing later reuses or evicts it
         state.views.append(EngineView(-job["id"], key, chosen, job["id"]))
     return out
+
+
+def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, str]) -> str | None:
+    """What a queued job is waiting for, in words for `ls` and the TUI; None when not queued."""
+    if job.get("state") != "queued":
+        return None
+    waiting = waiting_on(job, set())
+    if paused:
+        return "queue paused"
+    if waiting == "held":
+        return "held; release it to run"
+    if waiting and states.get(job["after"]) != "done":
+        return f"waiting for job {job['after']} to finish"
+    if place == 1:
+        return f"waiting for {job.get('gpus_wanted', 1)} free GPU(s)"
+    return f"number {place} in the queue"
+
+
+# -- what an engine event does to a job --
+
+CANCELLED_ERROR = "cancelled on request"
+STEP_TIME_SMOOTHING = 0.3  # weight of the newest step in the running mean of seconds per step
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one engine event does to its job; the daemon stores and acts, in this order: the
+    event itself (unless `record` is False), `columns`, `outputs`, `critic`; then `state` (with
+    `state_columns`), then the engine: freed for the next job, or restarted."""
+
+    record: bool = True
+    state: str | None = None  # None: the job stays in its state
+    columns: dict = field(default_factory=dict)
+    state_columns: dict = field(default_factory=dict)
+    outputs: tuple[tuple[str, str], ...] = ()  # (path, kind)
+    critic: bool = False
+    frees_engine: bool = False
+    restart_engine: bool = False  # a fresh process: after OOM the next job gets the whole GPU back
+    pause: str | None = None  # pause the queue, with this reason
+
+
+IGNORE = Decision(record=False)
+
+
+def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
+    """The decision for engine event `ev` (engine/events.py) of `job` (its current columns:
+    sec_per_step, peak_mem). `cancelling`: the daemon is killing this job's engine, so the kill,
+    not the engine's last word, decides how it ends."""
+    kind = ev.get("event")
+    t = ev.get("t")
+    if kind in ("finished", "failed") and cancelling:
+        return IGNORE
+    if kind == "step":
+        cols = {"step": ev.get("step"), "total_steps": ev.get("total")}
+        for unit in ("chunk", "generation"):
+            if ev.get(unit) is not None:
+                cols[unit] = ev[unit]
+        seconds = ev.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+            prev = job.get("sec_per_step")
+            cols["sec_per_step"] = (seconds if prev is None
+                                    else (1 - STEP_TIME_SMOOTHING) * prev + STEP_TIME_SMOOTHING * seconds)
+        return Decision(columns=cols)
+    if kind == "chunk":
+        return Decision(columns={"chunk": ev.get("chunk"), "num_chunks": ev.get("total")})
+    if kind == "generation":
+        return Decision(columns={"generation": ev.get("generation"), "num_generations": ev.get("total")})
+    if kind == "memory":
+        peak = ev.get("peak")
+        if isinstance(peak, (int, float)) and not isinstance(peak, bool):
+            return Decision(columns={"peak_mem": max(int(peak), job.get("peak_mem") or 0)})
+        return Decision()
+    if kind == "output":
+        return Decision(outputs=((str(ev["path"]), ev.get("kind") or "video"),) if ev.get("path") else ())
+    if kind == "critic":
+        return Decision(critic=True)
+    if kind == "finished":
+        return Decision(state="done", state_columns={"finished": t}, frees_engine=True,
+                        outputs=tuple((str(p), "video") for p in ev.get("outputs") or []))
+    if kind == "failed":
+        reason = ev.get("reason") or "crash"
+        if reason == "cancelled":
+            return Decision(state="cancelled", frees_engine=True,
+                            state_columns={"finished": t, "error": CANCELLED_ERROR, "reason": "cancelled"})
+        oom = reason == "oom"
+        return Decision(state="failed", frees_engine=True, restart_engine=oom,
+                        state_columns={"finished": t, "error": ev.get("error") or "failed", "reason": reason},
+                        pause=(f"job {job.get('id')} ran out of GPU memory; change its settings (or free the "
+                               f"GPU), then resume the queue") if oom else None)
+    return Decision()  # started, log, phase...: stored and logged, nothing else changes
