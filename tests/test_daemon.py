@@ -239,6 +239,14 @@ def test_move_and_priority_order_the_queue(daemon):
     assert order() == [c, b, urgent, a]
 
 
+def test_an_engine_built_with_another_offload_flag_is_not_reused(daemon, tmp_path, wait_until):
+    a = daemon.submit({"prompt": "one", "save_path": str(tmp_path / "1.mp4"), "offload_text_encoder": True})
+    wait_state(daemon, a, "done", wait_until)
+    b = daemon.submit({"prompt": "two", "save_path": str(tmp_path / "2.mp4"), "offload_text_encoder": False})
+    wait_state(daemon, b, "done", wait_until)
+    assert started_event(daemon, a, wait_until)["engine_pid"] != started_event(daemon, b, wait_until)["engine_pid"]
+
+
 def test_gpus_report_demo_inventory_and_holders(daemon, wait_until):
     jid = daemon.submit({"prompt": "sleep:60"})
     wait_state(daemon, jid, "running", wait_until)

@@ -149,3 +149,17 @@ def test_the_job_wire_type_round_trips_and_refuses_what_is_not_a_job():
         Job.from_wire(["not", "a", "job"])
     with pytest.raises(WireError, match="unknown state 'zombie'"):
         Job.from_wire({"id": 1, "state": "zombie"})
+
+
+def test_the_model_key_is_the_engines_build_key_offload_flags_included():
+    from engine.spec import build_key
+
+    spec = {"model_size": "2B", "offload_text_encoder": True}
+    assert model_key(spec) == build_key(spec)
+    # a warm engine built with T5 offloaded to the CPU must not run a job that wants it on the GPU
+    warm = EngineView(7, model_key(spec), (0,))
+    wants_gpu_t5 = {"id": 2, "gpus_wanted": 1, "spec": {**spec, "offload_text_encoder": False}}
+    assert plan([wants_gpu_t5], [0], [warm]) == [Evict(7), Start(2, (0,), model_key(wants_gpu_t5["spec"]))]
+    for flag in ("downcast_text_encoder", "offload_guardrail", "offload_prompt_refiner"):
+        assert model_key({**spec, flag: True}) != model_key(spec), flag
+    assert model_key({**spec, "prompt": "another", "seed": 9}) == model_key(spec)  # per-job fields

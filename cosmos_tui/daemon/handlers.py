@@ -10,7 +10,6 @@ import asyncio
 import os
 
 from cosmos_tui import paths
-from cosmos_tui.queue.core import MODEL_KEY_FIELDS
 from cosmos_tui.queue.resolve import check_inputs, check_save_path, resolve_spec
 from cosmos_tui.store import TERMINAL
 
@@ -218,7 +217,7 @@ def op_queue(d, req):
         "paused": d.paused,
         "reason": d.store.get_meta("pause_reason"),
         "counts": counts,
-        "engines": [{"pid": e.pid, "gpus": e.gpus, "job": e.job, "model": dict(zip(MODEL_KEY_FIELDS, e.key))}
+        "engines": [{"pid": e.pid, "gpus": e.gpus, "job": e.job, "model": dict(e.key)}
                     for e in d.engines],
         "gpu_backend": getattr(d.gpu, "kind", "?"),
         "gpu_count": d.gpu_count,

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# every spec field that decides what a warm engine has loaded: a job may reuse an engine only when
-# all of them match
-MODEL_KEY_FIELDS = ("model_size", "resolution", "fps", "natten", "dit_path", "load_ema", "num_gpus")
-
-
 def model_key(spec: dict) -> tuple:
-    return tuple(spec.get(k) for k in MODEL_KEY_FIELDS)
+    """Can a warm engine that ran one job take another? Only when their keys are equal. The one
+    definition is the engine's own (engine.spec.build_key: every BuildConfig field, the offload and
+    downcast flags included), imported here lazily because engine.spec pulls in pydantic and,
+    through it, socket, which this package must not load."""
+    from engine.spec import BUILD_FIELDS, build_key
+
+    try:
+        return build_key(spec)
+    except ValueError:
+        # a stored spec this version no longer accepts: still a key, so one bad job cannot stop
+        # the scheduler (the engine refuses the job itself, with the reason)
+        return tuple((f, spec.get(f)) for f in BUILD_FIELDS)
 
 
 @dataclass(frozen=True)
