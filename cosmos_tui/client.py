@@ -176,6 +176,18 @@ class Client:
         its new place."""
         return self.request("move", job=id, offset=offset, to=to)
 
+    def remove(self, ids: list[int]) -> list[int]:
+        """Forget finished jobs (all of `ids` or none; their videos stay on disk); returns the ids."""
+        return self.request("remove", jobs=list(ids))
+
+    def clean(self, failed_only: bool = False) -> list[int]:
+        """Remove every finished job, or only the failed and interrupted ones; returns the ids."""
+        return self.request("clean", failed_only=failed_only)
+
+    def edit(self, id: int, changes: dict) -> dict:
+        """Change spec fields of a queued (or held) job, checked like a submit; returns the job."""
+        return _job(self.request("edit", job=id, set=changes))
+
     def queue(self) -> dict:
         return self.request("queue")
 

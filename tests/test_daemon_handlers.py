@@ -101,3 +101,76 @@ def test_dispatch_answers_refusals_by_kind():
     unknown, refused = asyncio.run(go())
     assert unknown["kind"] == "unknown_op" and "known: " in unknown["error"] and "submit" in unknown["error"]
     assert refused == {"ok": False, "kind": "refused", "error": "job: expected a job id (an integer), got 'x'"}
+
+
+def finished(d, prompt: str, state: str = "done") -> int:
+    jid = submit(d, prompt=prompt)
+    if state == "cancelled":
+        h.op_cancel(d, {"job": jid})
+        return jid
+    d.store.update(jid, state="running")
+    if state == "done":
+        d.store.update(jid, state="done")
+    else:
+        d.fail_job(jid, "boom", "crash")
+    return jid
+
+
+def test_remove_takes_finished_jobs_only_all_or_none(d):
+    done, queued = finished(d, "a"), submit(d, prompt="b")
+    log = paths.job_log_path(done)
+    assert log.exists()
+    with pytest.raises(h.RequestError, match=f"job {queued} is queued; only finished jobs can be removed"):
+        h.op_remove(d, {"jobs": [done, queued]})
+    assert d.store.job(done) is not None  # all or none
+    assert h.op_remove(d, {"jobs": [done]}) == [done]
+    assert d.store.job(done) is None and not log.exists() and h.op_events(d, {"job": queued}) == []
+    with pytest.raises(h.RequestError, match=f"job {done} does not exist"):
+        h.op_remove(d, {"jobs": [done]})
+    with pytest.raises(h.RequestError, match="jobs: expected a non-empty list"):
+        h.op_remove(d, {"jobs": []})
+
+
+def test_remove_keeps_retries_and_refuses_a_failed_job_a_queued_one_runs_after(d):
+    failed = finished(d, "a", "failed")
+    retry = h.op_retry(d, {"job": failed})
+    dependent = submit(d, prompt="c")
+    d.store.update(dependent, after=failed)  # queued while it was running
+    with pytest.raises(h.RequestError, match=f"job {dependent} runs after job {failed}, which is failed"):
+        h.op_remove(d, {"jobs": [failed]})
+    h.op_cancel(d, {"job": dependent})
+    assert h.op_remove(d, {"jobs": [failed]}) == [failed]
+    assert h.op_job(d, {"job": retry})["attempt_of"] is None
+
+
+def test_clean_removes_finished_jobs_or_only_failed_ones(d):
+    done, failed, cancelled = finished(d, "a"), finished(d, "b", "failed"), finished(d, "c", "cancelled")
+    queued = submit(d, prompt="d")
+    assert h.op_clean(d, {"failed_only": True}) == [failed]
+    assert sorted(h.op_clean(d, {})) == sorted([done, cancelled])
+    assert [j["id"] for j in h.op_jobs(d, {})] == [queued]
+    assert h.op_clean(d, {}) == []
+
+
+def test_edit_changes_a_queued_jobs_spec_checked_like_a_submit(d):
+    a = submit(d, prompt="a", num_steps=3)
+    h.op_hold(d, {"job": a})
+    job = h.op_edit(d, {"job": a, "set": {"num_steps": 5, "prompt": "a cat"}})
+    assert job["spec"]["num_steps"] == 5 and job["prompt"] == "a cat" and job["held"]
+    assert h.op_job(d, {"job": a})["spec"]["num_steps"] == 5
+    with pytest.raises(SubmitError, match="num_steps"):
+        h.op_edit(d, {"job": a, "set": {"num_steps": 0}})
+    with pytest.raises(SubmitError, match="num_gpus: 4 GPUs asked for"):
+        h.op_edit(d, {"job": a, "set": {"num_gpus": 4}})
+    with pytest.raises(SubmitError, match="input_path: 'gone.jpg' does not exist"):
+        h.op_edit(d, {"job": a, "set": {"input_path": "gone.jpg"}})
+    b = submit(d, prompt="b")
+    with pytest.raises(SubmitError, match="save_path: 'out-b.mp4' is another job's output too"):
+        h.op_edit(d, {"job": a, "set": {"save_path": "out-b.mp4"}})
+    (d.cwd / "precious.mp4").write_bytes(b"mine")
+    with pytest.raises(SubmitError, match="already exists and no job wrote it"):
+        h.op_edit(d, {"job": a, "set": {"save_path": "precious.mp4"}})
+    assert h.op_job(d, {"job": a})["spec"]["num_steps"] == 5  # refused edits changed nothing
+    h.op_cancel(d, {"job": b})
+    with pytest.raises(h.RequestError, match=f"job {b} is cancelled; only a queued job can be edited"):
+        h.op_edit(d, {"job": b, "set": {"seed": 1}})

@@ -10,7 +10,9 @@ import asyncio
 import os
 
 from cosmos_tui import paths
-from cosmos_tui.queue.resolve import check_inputs, check_save_path, resolve_spec
+from cosmos_tui.daemon.log import log
+from cosmos_tui.queue.core import edit_problem, removal_problem, to_clean
+from cosmos_tui.queue.resolve import check_inputs, check_save_path, edit_spec, resolve_spec, resolved_path
 from cosmos_tui.store import TERMINAL
 
 PROTOCOL_VERSION = 1
@@ -207,6 +209,69 @@ def op_hold(d, req):
 
 def op_release(d, req):
     return _set_held(d, req, False)
+
+
+def _job_ids(d, req: dict) -> list[int]:
+    ids = req.get("jobs")
+    if not isinstance(ids, list) or not ids:
+        raise RequestError("jobs: expected a non-empty list of job ids")
+    return [_job_id(d, {"job": i}) for i in ids]
+
+
+def op_remove(d, req):
+    """Forget finished jobs (all named ones, or none): rows, events and job logs; outputs stay on
+    disk. Returns the ids removed."""
+    ids = _job_ids(d, req)
+    jobs = d.store.jobs()
+    by_id = {j["id"]: j for j in jobs}
+    for jid in ids:
+        problem = removal_problem(by_id[jid], jobs)
+        if problem:
+            raise RequestError(problem)
+    return _remove(d, ids)
+
+
+def op_clean(d, req):
+    """Remove every finished job (`failed_only`: only failed and interrupted ones). Returns the
+    ids removed."""
+    failed_only = req.get("failed_only", False)
+    if not isinstance(failed_only, bool):
+        raise RequestError("failed_only: expected true or false")
+    ids = to_clean(d.store.jobs(), failed_only)
+    return _remove(d, ids) if ids else []
+
+
+def _remove(d, ids: list[int]) -> list[int]:
+    d.store.remove(ids)
+    for jid in ids:
+        d.unsaved.pop(jid, None)
+        try:
+            paths.job_log_path(jid).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log(f"could not delete the log of removed job {jid}: {err}")
+    log(f"removed job(s) {', '.join(map(str, ids))}")
+    return ids
+
+
+def op_edit(d, req):
+    """Change fields of a queued (or held) job's spec, checked like a submit. Returns the job."""
+    jid = _job_id(d, req)
+    row = d.store.job(jid)
+    problem = edit_problem(row)
+    if problem:
+        raise RequestError(problem)
+    others = {resolved_path(j["cwd"], j["spec"].get("save_path") or "") for j in d.store.jobs() if j["id"] != jid}
+    spec = edit_spec(row["spec"], req.get("set"), d.gpu_count, row["cwd"], others)
+    try:
+        d.store.set_spec(jid, spec)
+    except ValueError as err:  # it started while we checked
+        raise RequestError(str(err)) from None
+    changed = sorted(k for k in spec if spec.get(k) != row["spec"].get(k))
+    d.job_log(jid, f"job {jid} edited: {', '.join(changed) or 'nothing changed'}")
+    d.wake.set()
+    return op_job(d, {"job": jid})
 
 
 def op_queue(d, req):

@@ -16,6 +16,7 @@ from cosmos_tui.daemon.engines import STREAM_LIMIT
 from cosmos_tui.daemon.framing import handle_client
 from cosmos_tui.daemon.linger import linger_warning
 from cosmos_tui.daemon.log import log
+from cosmos_tui.daemon.notify import HookConfigError, load_hook
 from cosmos_tui.daemon.service import Daemon
 from cosmos_tui.store import Store, StoreError
 
@@ -34,6 +35,10 @@ async def _serve(ready_fd: int | None) -> int:
         daemon.warn(f"the job database {db} was missing at start although job logs exist in {paths.log_dir()}; "
                      f"the queue starts empty; restore the file from a backup (with the daemon stopped) to get "
                      f"the old jobs back")
+    try:
+        load_hook()
+    except HookConfigError as err:  # told now, not first when a job ends; the daemon runs without it
+        daemon.warn(str(err))
     warning = linger_warning()
     if warning:
         daemon.warnings.append(warning)

@@ -16,6 +16,7 @@ from cosmos_tui import paths
 from cosmos_tui.daemon import engines as engine_procs
 from cosmos_tui.daemon.engines import Engine
 from cosmos_tui.daemon.log import describe, log
+from cosmos_tui.daemon.notify import HookConfigError, hook_argv, hook_env, job_fields, load_hook, run_hook
 from cosmos_tui.queue.core import (CANCELLED_ERROR, Decision, EngineView, Evict, Start, apply, dependency_failed, plan,
                                    wait_reason)
 from cosmos_tui.queue.job import Job
@@ -38,6 +39,7 @@ class Daemon:
         # state changes the store could not take (disk full): shown to clients until stored
         self.unsaved: dict[int, dict] = {}
         self.started = time.time()
+        self.hooks: set[asyncio.Task] = set()  # notification hooks still running
         paths.ensure_log_dir()
 
     # -- start-up and shutdown --
@@ -272,15 +274,45 @@ class Daemon:
             log(f"refused state change: {err}")  # a bug or a race: the stored state stands
             return
         except Exception as err:
-            log(f"could not store job {job} becoming {state}:\n" + traceback.format_exc())
-            note = f"could not store the change of state ({type(err).__name__}: {err})"
-            if cols.get("error"):
-                cols["error"] = f"{cols['error']}; {note}"
-            else:
-                cols["error"] = note
-            self.unsaved[job] = {"state": state, **cols}
-            self.warn(f"the job database could not be written ({err}); job {job} is {state} in memory only; "
-                      f"free space under {self.home}")
+            self._unsaved_state(job, state, cols, err)
+        self.notify(job, state)
+
+    def _unsaved_state(self, job: int, state: str, cols: dict, err: Exception) -> None:
+        log(f"could not store job {job} becoming {state}:\n" + traceback.format_exc())
+        note = f"could not store the change of state ({type(err).__name__}: {err})"
+        if cols.get("error"):
+            cols["error"] = f"{cols['error']}; {note}"
+        else:
+            cols["error"] = note
+        self.unsaved[job] = {"state": state, **cols}
+        self.warn(f"the job database could not be written ({err}); job {job} is {state} in memory only; "
+                  f"free space under {self.home}")
+
+    def notify(self, job: int, state: str) -> None:
+        """Run the configured hook (daemon/notify.py) for a job that ended, in the background;
+        nothing it does can fail the job or stop the queue."""
+        try:
+            hook = load_hook()
+        except HookConfigError as err:
+            self.warn(str(err))
+            return
+        if hook is None or state not in hook.on:
+            return
+        try:
+            row = self.store.job(job)
+            wire = self.job_wire(row) if row else {"id": job, "state": state}
+        except Exception:  # the store failing is why we are here, perhaps: what we know will do
+            wire = {"id": job, "state": state, **self.unsaved.get(job, {})}
+        fields = job_fields(wire)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            log(f"notification hook for job {job} skipped: no event loop (not in a running daemon)")
+            return
+        task = loop.create_task(run_hook(hook_argv(hook, fields), hook_env(fields), hook.timeout_s, log,
+                                        str(self.home)))
+        self.hooks.add(task)
+        task.add_done_callback(self.hooks.discard)
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

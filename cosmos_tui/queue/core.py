@@ -206,3 +206,39 @@ def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
                         pause=(f"job {job.get('id')} ran out of GPU memory; change its settings (or free the "
                                f"GPU), then resume the queue") if oom else None)
     return Decision()  # started, log, phase...: stored and logged, nothing else changes
+
+
+# -- removing, cleaning and editing jobs (pueue's remove / clean / edit) --
+
+FINISHED = ("done", "failed", "cancelled", "interrupted")
+
+
+def removal_problem(job: dict, jobs: list[dict]) -> str | None:
+    """Why `job` cannot be removed (one sentence with the fix), else None. Only finished jobs go;
+    one that a queued job runs `--after` must stay while it would still fail that job."""
+    if job["state"] not in FINISHED:
+        verb = "cancel it first" if job["state"] == "running" else "cancel it first (or edit it)"
+        return f"job {job['id']} is {job['state']}; only finished jobs can be removed: {verb}"
+    if job["state"] != "done":
+        waiting = [j["id"] for j in jobs if j["state"] == "queued" and j.get("after") == job["id"]]
+        if waiting:
+            return (f"job {waiting[0]} runs after job {job['id']}, which is {job['state']}; cancel or remove job "
+                    f"{waiting[0]} first")
+    return None
+
+
+def to_clean(jobs: list[dict], failed_only: bool = False) -> list[int]:
+    """The finished jobs `clean` removes: all of them, or only the failed ones (failed,
+    interrupted); cancelled and done stay with `failed_only`. Never one a removal would refuse."""
+    states = ("failed", "interrupted") if failed_only else FINISHED
+    return [j["id"] for j in jobs if j["state"] in states and removal_problem(j, jobs) is None]
+
+
+def edit_problem(job: dict) -> str | None:
+    """Only a queued job (held or not) can have its spec changed: a running one has its spec
+    loaded, a finished one is history (retry it, then edit the retry)."""
+    if job["state"] == "queued":
+        return None
+    fix = "cancel it, retry it and edit the new job" if job["state"] == "running" else \
+        f"retry it (cosmos-tui retry {job['id']}) and edit the new job"
+    return f"job {job['id']} is {job['state']}; only a queued job can be edited: {fix}"
