@@ -25,7 +25,7 @@ from cosmos_tui.store import Store
 
 
 class Daemon:
-    def __init__(self, store: Store, gpu=None):
+    def __init__(self, store: Store, gpu=None, clock=time.time):
         from cosmos_tui.gpu import gpu_backend
 
         self.home = paths.home()
@@ -38,7 +38,8 @@ class Daemon:
         self.warnings: list[str] = []
         # state changes the store could not take (disk full): shown to clients until stored
         self.unsaved: dict[int, dict] = {}
-        self.started = time.time()
+        self.clock = clock  # every time a job records (the TUI's test fake runs on a fixed one)
+        self.started = clock()
         self.hooks: set[asyncio.Task] = set()  # notification hooks still running
         paths.ensure_log_dir()
 
@@ -72,7 +73,7 @@ class Daemon:
             if eng.job is not None:
                 job = eng.job
                 eng.job = None
-                self.store.update(job, state="interrupted", finished=time.time(), reason="interrupted",
+                self.store.update(job, state="interrupted", finished=self.clock(), reason="interrupted",
                                   error=interrupted_reason)
                 self.job_log(job, interrupted_reason)
         for eng in list(self.engines):
@@ -168,7 +169,7 @@ class Daemon:
         jid = job["id"]
         eng.cancelling = False
         # stored before it is sent: a job that could not be marked running must not run unrecorded
-        self.store.update(jid, state="running", started=time.time(), gpus=eng.gpus, engine_pid=eng.pid,
+        self.store.update(jid, state="running", started=self.clock(), gpus=eng.gpus, engine_pid=eng.pid,
                           step=None, total_steps=None, error=None, reason=None)
         eng.job = jid
         self.job_log(jid, f"job {jid} starts on GPUs {eng.gpus} (engine pid {eng.pid})")
@@ -221,7 +222,7 @@ class Daemon:
         if job is None or job != eng.job:
             self._append(paths.engine_log_path(), f"[engine {eng.pid}] stray event {json.dumps(ev, default=str)[:300]}")
             return
-        ev.setdefault("t", time.time())
+        ev.setdefault("t", self.clock())
         try:
             decision = apply(self.store.job(job) or {"id": job}, ev, cancelling=eng.cancelling)
             self._record(job, ev, decision)
@@ -336,10 +337,10 @@ class Daemon:
             self._safely("pause the queue", self.set_paused, True, decision.pause)
 
     def fail_job(self, job: int, error: str, reason: str) -> None:
-        self.settle(job, {"event": "failed", "job": job, "t": time.time(), "error": error, "reason": reason})
+        self.settle(job, {"event": "failed", "job": job, "t": self.clock(), "error": error, "reason": reason})
 
     def finish_cancelled(self, job: int) -> None:
-        self.settle(job, {"event": "failed", "job": job, "t": time.time(), "error": CANCELLED_ERROR,
+        self.settle(job, {"event": "failed", "job": job, "t": self.clock(), "error": CANCELLED_ERROR,
                           "reason": "cancelled"})
 
     # -- logs --
@@ -353,7 +354,7 @@ class Daemon:
             log(f"cannot write {path}: {err}")
 
     def job_log(self, job: int | None, text: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
         if job is None:
             self._append(paths.engine_log_path(), f"{stamp} {text}")
         else:
