@@ -25,9 +25,12 @@ Examples:
   cosmos-tui demo                              queue a tiny CPU job and open the TUI
   cosmos-tui submit tiny-cpu --set prompt="a red kite over the sea" --set seed=3
   cosmos-tui submit 2b-720p16 --batch batch.json      one job per entry of the seed's batch JSON
+  cosmos-tui submit --model_size 2B --input_path x.jpg --prompt "a kite"   the seed scripts' own flags
   cosmos-tui ls                                 the queue; `ls --json` for scripts
   cosmos-tui show 12          cosmos-tui logs -f 12          cosmos-tui cancel 12
   cosmos-tui retry 12         cosmos-tui move 14 --to 1      cosmos-tui pause / resume
+  cosmos-tui edit 14 --set seed=4   cosmos-tui hold 14 / release 14   cosmos-tui submit ... --after 12
+  cosmos-tui remove 12        cosmos-tui clean --failed-only  (finished jobs only; videos stay on disk)
   cosmos-tui run tiny-cpu --set num_steps=2     run in the foreground, no daemon
   cosmos-tui daemon status    cosmos-tui presets list        cosmos-tui presets show tiny-cpu
 """
