@@ -203,7 +203,8 @@ def root(ctx: typer.Context) -> None:
 # -- queue commands --
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             options_metavar="[PRESET] [SEED FLAGS...] [OPTIONS]")
 @friendly
 def submit(
     ctx: typer.Context,
