@@ -390,3 +390,31 @@ def test_two_gpu_job_runs_under_torchrun(cosmos_home, monkeypatch, tmp_path, wai
         assert [e["step"] for e in steps] == list(range(1, job["total_steps"] + 1))  # one voice: rank 0
     finally:
         stop_daemon(cosmos_home)
+
+
+def test_a_daemon_that_hangs_up_without_answering_is_a_typed_error(cosmos_home):
+    """The TUI tells "the daemon is gone" from "the daemon said no" by type, not by the sentence."""
+    from cosmos_tui.app import _is_transport_error
+    from cosmos_tui.client import DaemonGone, DaemonNotRunning
+
+    path = cosmos_home / "hangup.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def hang_up():
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.close()
+
+    t = threading.Thread(target=hang_up)
+    t.start()
+    try:
+        with pytest.raises(DaemonGone) as caught:
+            Client(path, timeout=30).request("ping")
+    finally:
+        t.join(10)
+        server.close()
+    assert isinstance(caught.value, DaemonNotRunning) and caught.value.kind == "gone"
+    assert _is_transport_error(caught.value)
+    assert not _is_transport_error(DaemonError("job 3 does not exist"))

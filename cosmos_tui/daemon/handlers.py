@@ -12,7 +12,7 @@ import os
 from cosmos_tui import paths
 from cosmos_tui.daemon.log import log
 from cosmos_tui.queue.core import edit_problem, removal_problem, to_clean
-from cosmos_tui.queue.resolve import check_inputs, check_save_path, edit_spec, resolve_spec, resolved_path
+from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, edit_spec, resolve_spec, resolved_path
 from cosmos_tui.store import TERMINAL
 
 PROTOCOL_VERSION = 1
@@ -89,8 +89,6 @@ def op_submit(d, req):
 def op_submit_batch(d, req):
     """All or none; with `partial`, the good items are queued and the bad ones listed:
     {"ids": [...], "refused": [{"item": n, "error": "..."}]}."""
-    from cosmos_tui.queue.resolve import SubmitError
-
     specs = req.get("specs")
     if not isinstance(specs, list) or not specs:
         raise RequestError("specs: expected a non-empty list of spec objects")
