@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class FakeClient:
             return Daemon(Store(paths.db_path()), gpu=self.gpu, clock=clock)
 
         self.daemon = self._pool.submit(make).result()
+        # the daemon's thread and loop go when the fake does
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     # -- plumbing --
 
