@@ -99,7 +99,8 @@ class CosmosApp(App):
         self.jobs: dict[int, dict] = {}
         self.queue_info: dict = {}
         self.gpus: list[dict] = []
-        self.gpu_history: dict[int, deque] = {}
+        self.gpu_history: dict[int, deque] = {}  # index -> (time, mem_used, util) samples
+        self.gpu_sampled_at = 0.0
         self.gpu_source: str | None = None
         self.connection_error: str | None = "connecting"
         self.selected_job: int | None = None
@@ -255,30 +256,55 @@ class CosmosApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-poll")
     def poll_gpus(self) -> None:
+        gpus, source = None, None
         if self.client is not None and self.connection_error is None:
             try:
-                self.post_message(GpusSampled(self.client.gpus(), "daemon"))
-                return
+                gpus, source = self.client.gpus(), "daemon"
             except Exception:
                 pass  # fall back to reading the GPUs ourselves
-        try:
-            if self._local_gpu is None:
-                from cosmos_tui.gpu import gpu_backend
+        if gpus is None:
+            try:
+                if self._local_gpu is None:
+                    from cosmos_tui.gpu import gpu_backend
 
-                self._local_gpu = gpu_backend()
-            self.post_message(GpusSampled(self._local_gpu.list(), getattr(self._local_gpu, "kind", "local")))
-        except Exception as err:
-            self.post_message(GpusSampled([], f"unavailable: {err}"))
+                    self._local_gpu = gpu_backend()
+                gpus, source = self._local_gpu.list(), getattr(self._local_gpu, "kind", "local")
+            except Exception as err:
+                self.post_message(GpusSampled([], f"unavailable: {err}"))
+                return
+        self.post_message(GpusSampled(self._with_owners(gpus), source))
+
+    def _with_owners(self, gpus: list[dict]) -> list[dict]:
+        """Each GPU process joined to the engine (and job) it belongs to (runs in the worker:
+        it reads /proc)."""
+        from cosmos_tui.gpu import attribute
+
+        engines: dict[int, int | None] = {}
+        for e in (self.queue_info or {}).get("engines") or []:
+            if e.get("pid"):
+                engines[int(e["pid"])] = e.get("job")
+        for j in list(self.jobs.values()):
+            if j.get("state") == "running" and j.get("engine_pid"):
+                engines[int(j["engine_pid"])] = j["id"]
+        return [{**g, "processes": attribute(g["processes"], engines)} if g.get("processes") else g
+                for g in gpus]
+
+    def gpu_backend_kind(self) -> str | None:
+        """nvml / demo / none: the daemon's backend, or ours when there is no daemon."""
+        if self.gpu_source == "daemon":
+            return (self.queue_info or {}).get("gpu_backend")
+        return self.gpu_source
 
     @on(GpusSampled)
     def _gpus_sampled(self, message: GpusSampled) -> None:
         self.gpu_polls += 1
         self.gpus = message.gpus
         self.gpu_source = message.source
+        self.gpu_sampled_at = now = self.clock()
         for g in message.gpus:
             hist = self.gpu_history.setdefault(g["index"], deque(maxlen=HISTORY))
-            if g.get("mem_used") is not None:
-                hist.append(g["mem_used"])
+            if g.get("mem_used") is not None or g.get("util") is not None:
+                hist.append((now, g.get("mem_used"), g.get("util")))
         self.gpus_changed.publish(self.gpus)
         if self._gpu_timer is not None:
             self._gpu_timer.stop()

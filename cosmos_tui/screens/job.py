@@ -14,7 +14,7 @@ from textual.widgets import Footer, Input, Sparkline, Static, TabbedContent, Tab
 from cosmos_tui import images
 from cosmos_tui.messages import EventsFetched
 from cosmos_tui.widgets import format as fmt
-from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.contact_sheet import ContactSheet
 from cosmos_tui.widgets.log_view import LogView
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic, set_data
@@ -87,6 +87,7 @@ class JobScreen(QuietBackground, Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
+        yield DemoBanner()
         yield QuietStatic(f"job {self.job_id}", id="job-head", markup=False)
         with TabbedContent(id="job-tabs"):
             with TabPane("Progress", id="tab-progress"):

@@ -8,7 +8,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from cosmos_tui.screens.commands import bindings
-from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
@@ -31,6 +31,7 @@ class QueueScreen(QuietBackground, Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
+        yield DemoBanner()
         yield QuietStatic(id="queue-status", markup=False)
         yield QueueTable(clock=self.app.clock, id="queue-table")
         yield QuietStatic(id="queue-why", markup=False)
