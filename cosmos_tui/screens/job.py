@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -14,6 +13,7 @@ from textual.widgets import Footer, Input, Sparkline, Static, TabbedContent, Tab
 from cosmos_tui import images
 from cosmos_tui.messages import EventsFetched
 from cosmos_tui.widgets import format as fmt
+from cosmos_tui.widgets import spec_view
 from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.contact_sheet import ContactSheet
 from cosmos_tui.widgets.log_view import LogView
@@ -58,9 +58,7 @@ def outputs_text(job: dict) -> str:
 
 
 def spec_text(job: dict) -> str:
-    spec = job.get("spec") or {}
-    width = max((len(k) for k in spec), default=0)
-    return "\n".join(f"{k:<{width}} = {json.dumps(v)}" for k, v in spec.items()) or "(no spec)"
+    return spec_view.spec_text(job.get("spec") or {})
 
 
 class JobScreen(QuietBackground, Screen):
