@@ -459,6 +459,49 @@ class CosmosApp(App):
         if screen is not None:
             screen.cycle_filter()
 
+    def action_find_jobs(self) -> None:
+        screen = self._queue_screen()
+        if screen is not None and self.screen is screen:
+            screen.open_find()
+
+    def action_toggle_hold(self) -> None:
+        job = self._need_job()
+        if job is None:
+            return
+        if (self.jobs.get(job) or {}).get("held"):
+            self.call_daemon("release", job, "release", job)
+        else:
+            self.call_daemon("hold", job, "hold", job)
+
+    def action_remove_job(self) -> None:
+        job = self._need_job()
+        if job is None:
+            return
+        state = (self.jobs.get(job) or {}).get("state")
+        if state not in ENDED:
+            self.notify(f"job {job} is {state}; only finished, failed, cancelled or interrupted jobs can be "
+                        "removed (cancel it first)", severity="warning")
+            return
+        self._confirm(f"Remove job {job} ({state}) from the list? Its output files stay on disk.",
+                      lambda: self.call_daemon("remove", job, "remove", [job]))
+
+    def action_clean_jobs(self) -> None:
+        ended = sorted(j for j, job in self.jobs.items() if job.get("state") in ENDED)
+        if not ended:
+            self.notify("no finished jobs to remove", severity="information")
+            return
+        self._confirm(f"Remove all {len(ended)} finished job(s) (done, failed, cancelled, interrupted) from "
+                      "the list? Their output files stay on disk.", lambda: self.call_daemon("clean", None, "clean"))
+
+    def _confirm(self, question: str, then: Callable[[], None]) -> None:
+        from cosmos_tui.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                then()
+
+        self.push_screen(ConfirmScreen(question), answered)
+
     def action_critic(self) -> None:
         from cosmos_tui.screens.critic import CriticScreen
 
@@ -522,6 +565,15 @@ def _done_text(action: str, job: int | None, result: Any) -> str:
         return "queue paused; running jobs finish, nothing new starts"
     if action == "resume":
         return "queue resumed"
+    if action == "hold":
+        return f"job {job} held: it keeps its place and is passed over until released"
+    if action == "release":
+        return f"job {job} released"
+    if action == "remove":
+        return f"job {job} removed from the list"
+    if action == "clean":
+        n = result if isinstance(result, int) else len(result) if isinstance(result, (list, tuple)) else None
+        return f"removed {n} finished job(s) from the list" if n is not None else "finished jobs removed"
     return ""
 
 

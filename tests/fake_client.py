@@ -154,6 +154,36 @@ class FakeClient:
         self._order.insert(new, id)
         return new + 1
 
+    def hold(self, id: int) -> bool:
+        self._call("hold", id)
+        return self._set_held(id, True)
+
+    def release(self, id: int) -> bool:
+        self._call("release", id)
+        return self._set_held(id, False)
+
+    def _set_held(self, id: int, held: bool) -> bool:
+        if self._job(id)["state"] != "queued":
+            raise DaemonError(f"job {id} is {self._jobs[id]['state']}; only queued jobs can be held or released")
+        self._jobs[id]["held"] = held
+        return held
+
+    def remove(self, ids: list[int]) -> list[int]:
+        self._call("remove", list(ids))
+        for i in ids:
+            if self._job(i)["state"] not in TERMINAL:
+                raise DaemonError(f"job {i} is {self._jobs[i]['state']}; cancel it before removing it")
+        for i in ids:
+            del self._jobs[i]
+        return list(ids)
+
+    def clean(self) -> list[int]:
+        self._call("clean")
+        ids = sorted(i for i, j in self._jobs.items() if j["state"] in TERMINAL)
+        for i in ids:
+            del self._jobs[i]
+        return ids
+
     def queue(self) -> dict:
         self._call("queue")
         counts: dict[str, int] = {}

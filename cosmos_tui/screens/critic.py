@@ -189,7 +189,8 @@ class CriticScreen(QuietBackground, Screen):
             score = c.get("score")
             table.add_row(str(c.get("rank")), "★" if winner else "",
                           f"{score:.2f}" if isinstance(score, (int, float)) else "-",
-                          answers_cell(c.get("trials") or []), printable(os.path.basename(c.get("video") or "?")),
+                          answers_cell(c.get("trials") or []),
+                          Text(printable(os.path.basename(c.get("video") or "?"))),  # data, not markup
                           key=c.get("video") or str(c.get("rank")))
         n = len(message.report["candidates"])
         where = message.report.get("ranking_path") or "no ranking.json (scores from the daemon's events)"
