@@ -26,6 +26,7 @@ async def test_slash_finds_jobs_by_prompt_preset_id_or_state_and_letters_stay_te
         await wait_for(pilot, lambda: _rows(app) == [str(cats)], what="only the cats")
         assert app.screen.__class__.__name__ == "QueueScreen" and not any(c[0] == "cancel" for c in fake.calls)
         assert "find: cats" in str(app.screen.query_one("#queue-status", Static).render())
+        assert "two cats [bold]sleeping[/bold]" in screen_text(app)  # a prompt is text, not markup
         await pilot.press("enter")  # keep the find, back to the table
         assert app.focused is table(app) and _rows(app) == [str(cats)]
         await pilot.press("slash", *["backspace"] * 4, *"2b-720")
