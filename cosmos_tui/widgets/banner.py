@@ -56,9 +56,10 @@ class DemoBanner(QuietStatic):
         app = self.app
         if hasattr(app, "jobs_changed"):
             app.jobs_changed.subscribe(self, self._changed)
-            self._changed(app.jobs)
+            app.gpus_changed.subscribe(self, self._changed)  # the GPU backend is known from these
+            self._changed()
 
-    def _changed(self, jobs: dict) -> None:
-        text = demo_text(jobs, self.app.gpu_backend_kind())
+    def _changed(self, _=None) -> None:
+        text = demo_text(self.app.jobs, self.app.gpu_backend_kind())
         self.set_class(bool(text), "-demo")
         self.update(text)
