@@ -51,7 +51,8 @@ async def test_the_gpu_pane_without_nvml_says_why_and_shows_no_demo_gpu(tmp_path
         await wait_for(pilot, lambda: len(app.screen.query("GpuCard")) == 1, what="the CPU slot")
         await wait_for(pilot, lambda: "CPU slot" in screen_text(app), what="the card filled")
         text = screen_text(app)
-        assert "no GPU: NVML not available: nvidia-ml-py is not installed" in text
+        assert "no GPU, jobs run on the CPU one at a time · NVML not available" in text
+        assert "│ NVML not available: nvidia-ml-py is not installed" in text  # the card has it whole
         assert "Demo GPU" not in text and "80.0G" not in text
 
 
@@ -160,3 +161,37 @@ async def test_the_gpu_pane_plots_memory_and_utilisation_history_with_its_scale(
         assert (mem_top[-3:], mem_bottom[-3:]) == ("█  ", "██▂")
         # 100 %, 50 %, 0 % (nothing drawn)
         assert (util_top[-3:], util_bottom[-3:]) == ("█  ", "██ ")
+
+
+def test_nvml_backend_reads_processes_and_hides_unknown_memory(monkeypatch):
+    """NVML stubbed as gpustat's tests do: the backend's reading of it, not the driver."""
+    import types
+
+    class NVMLError(Exception):
+        pass
+
+    proc = lambda pid, mem: types.SimpleNamespace(pid=pid, usedGpuMemory=mem)  # noqa: E731
+    nvml = types.SimpleNamespace(
+        NVMLError=NVMLError, NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1, nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=GIB, total=80 * GIB),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=42),
+        nvmlDeviceGetPowerUsage=lambda h: 350_000, nvmlDeviceGetName=lambda h: b"NVIDIA H200",
+        nvmlDeviceGetTemperature=lambda h, kind: 51,
+        # a compute process, one that NVML cannot size (None), the same pid again as graphics
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [proc(100, 3 * GIB), proc(101, None)],
+        nvmlDeviceGetGraphicsRunningProcesses=lambda h: [proc(100, 3 * GIB), proc(102, 2**64 - 1)],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("COSMOS_TUI_GPU", raising=False)
+    backend = gpu_backend()
+    assert backend.kind == "nvml"
+    (g,) = backend.list()
+    assert (g["name"], g["mem_used"], g["util"], g["power"], g["temp"]) == ("NVIDIA H200", GIB, 42, 350.0, 51)
+    assert g["processes"] == [{"pid": 100, "mem": 3 * GIB}, {"pid": 101, "mem": None}, {"pid": 102, "mem": None}]
+
+    def broken():
+        raise NVMLError("Driver/library version mismatch")
+
+    monkeypatch.setattr(nvml, "nvmlInit", broken)
+    assert gpu_backend().reason == "NVML not available: Driver/library version mismatch"

@@ -21,7 +21,7 @@ def gpu_status(gpus: list[dict], source: str | None, backend: str | None) -> str
     kind = backend if source == "daemon" else source
     if all(g.get("cpu") for g in gpus):
         note = next((g.get("note") for g in gpus if g.get("note")), "no GPU")
-        return f"no GPU: {note} · jobs run on the CPU, one at a time"
+        return f"no GPU, jobs run on the CPU one at a time · {note}"
     if kind == "demo":
         what = f"{len(gpus)} demo GPU(s), made-up numbers"
     else:

@@ -25,7 +25,8 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None, text_filter: 
     shown = f"filter: {state_filter}" if state_filter else "filter: all"
     if text_filter:
         shown += " · find: " + "".join(c if c.isprintable() else "?" for c in text_filter)
-    return f"queue {head} · " + (", ".join(parts) or "no jobs") + f" · {shown}"
+    # the filters first: they say why rows are missing, and a narrow terminal cuts the end
+    return f"queue {head} · {shown} · " + (", ".join(parts) or "no jobs")
 
 
 class QueueScreen(QuietBackground, Screen):
