@@ -290,7 +290,7 @@ class CosmosApp(App):
                 for g in gpus]
 
     def gpu_backend_kind(self) -> str | None:
-        """nvml / demo / none: the daemon's backend, or ours when there is no daemon."""
+        """nvml / demo / cpu: the daemon's backend, or ours when there is no daemon."""
         if self.gpu_source == "daemon":
             return (self.queue_info or {}).get("gpu_backend")
         return self.gpu_source

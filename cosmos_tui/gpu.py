@@ -58,7 +58,7 @@ class NoGpuBackend:
     """No GPU to read: one CPU slot so CPU jobs (the tiny profile) can still be scheduled, and
     nothing made up: every number is None and `reason` says why there is no GPU."""
 
-    kind = "none"
+    kind = "cpu"  # the daemon reports "GPUs: 1 (cpu)": one CPU slot
     count = 0
 
     def __init__(self, reason: str):

@@ -50,6 +50,6 @@ async def test_a_real_model_on_real_gpus_has_no_demo_line(tmp_path):
 
 def test_demo_text_names_the_cpu_when_there_is_no_gpu():
     tiny = {1: {"spec": {"model_size": "tiny"}}}
-    assert demo_text(tiny, "none") == "DEMO · tiny profile: random weights, the video is noise · on the CPU"
-    assert demo_text({1: {"spec": {"model_size": "2B"}}}, "none") == ""
+    assert demo_text(tiny, "cpu") == "DEMO · tiny profile: random weights, the video is noise · on the CPU"
+    assert demo_text({1: {"spec": {"model_size": "2B"}}}, "cpu") == ""
     assert demo_text({}, "demo") == "DEMO · made-up demo GPUs"

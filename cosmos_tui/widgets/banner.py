@@ -36,7 +36,7 @@ def demo_text(jobs: dict, gpu_backend: str | None) -> str:
         bits.append("tiny profile: random weights, the video is noise")
     if gpu_backend == "demo":
         bits.append("made-up demo GPUs")
-    elif gpu_backend == "none" and tiny:
+    elif gpu_backend == "cpu" and tiny:
         bits.append("on the CPU")
     return ("DEMO · " + " · ".join(bits)) if bits else ""
 
