@@ -1,4 +1,5 @@
-"""The queue's `/` find, its columns at 80x24, and remove / clean / hold / release."""
+"""The queue's `/` find (and a job's `/` log search) under fast typing, the queue's columns at
+80x24, and remove / clean / hold / release."""
 
 from __future__ import annotations
 
@@ -118,3 +119,34 @@ async def test_remove_clean_hold_and_release(fake):
         await pilot.press("y")
         await wait_for(pilot, lambda: _rows(app) == [str(queued)], what="only the queued job left")
         assert ("clean",) in fake.calls
+
+
+async def test_a_fast_burst_after_slash_lands_in_the_find_box(fake):
+    from test_app import burst
+
+    fake.submit({"prompt": "two cats"}, preset="tiny-cpu")
+    fake.submit({"prompt": "a dog"}, preset="tiny-cpu")
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 2, what="rows")
+        burst(app, ["slash", *"cats"])  # all at once, as a terminal delivers fast typing
+        await wait_for(pilot, lambda: app.screen.query_one("#queue-find", Input).value == "cats", what="cats")
+        assert app.screen.__class__.__name__ == "QueueScreen"
+        assert not any(c[0] == "cancel" for c in fake.calls) and _rows(app) == ["1"]
+
+
+async def test_a_fast_burst_after_slash_in_a_job_lands_in_the_log_search(fake):
+    from test_app import burst
+
+    a = fake.submit({"prompt": "x"}, preset="tiny-cpu")
+    fake.start(a)
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
+        app.selected_job = a
+        app.action_open_job()
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "JobScreen", what="job screen")
+        await pilot.pause()
+        burst(app, ["slash", *"crash"])  # c would ask to cancel the running job, r retry
+        await wait_for(pilot, lambda: app.screen.query_one("#log-search", Input).value == "crash", what="crash")
+        assert app.screen.__class__.__name__ == "JobScreen"

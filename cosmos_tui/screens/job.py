@@ -177,7 +177,7 @@ class JobScreen(QuietBackground, Screen):
         self.action_tab("tab-log")
         box = self.query_one("#log-search", Input)
         box.display = True
-        box.focus()
+        self.set_focus(box)  # now: the keys after `/` in one burst are the search text
 
     @on(Input.Submitted, "#log-search")
     def _search(self, event: Input.Submitted) -> None:

@@ -91,7 +91,9 @@ class QueueScreen(QuietBackground, Screen):
     def open_find(self) -> None:
         box = self.query_one("#queue-find", Input)
         box.display = True
-        box.focus()
+        # focus now, not after a refresh (Widget.focus is deferred): the keys typed right
+        # after `/` in the same burst are the text to find, not queue keys
+        self.set_focus(box)
 
     @on(Input.Changed, "#queue-find")
     def _find_changed(self, event: Input.Changed) -> None:
