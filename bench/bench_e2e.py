@@ -165,25 +165,13 @@ def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = N
     return r, result, pipe
 
 
-class NoSafetyCheck:
-    """diffusers refuses to run without a checker object; the guardrail is off on both sides."""
-
-    def check_text_safety(self, prompt):
-        return True
-
-    def check_video_safety(self, frames):
-        return frames
-
-    def to(self, *args, **kwargs):
-        return self
-
-
 def run_peer(args, t5, tok, our_net_cfg, device, dtype, w, h, frames, out_dir: Path):
     from diffusers import AutoencoderKLWan, Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
     from diffusers.utils import export_to_video
     from PIL import Image
 
     from engine.models.dit import MiniTrainDIT
+    from tests.diffusers_compat import NoSafetyCheck  # the pass-through checker the parity tests use
 
     with torch.device("meta"):
         net = MiniTrainDIT(our_net_cfg)

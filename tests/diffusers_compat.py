@@ -38,3 +38,17 @@ def patch_diffusers_cosmos() -> None:
 
     if not hasattr(tc, "transforms"):
         tc.transforms = transforms_standin
+
+
+class NoSafetyCheck:
+    """diffusers' Cosmos pipelines refuse to run without a checker object; this one passes everything
+    (the parity tests compare the sampler, and bench/bench_e2e.py runs both sides with the guardrail off)."""
+
+    def check_text_safety(self, prompt):
+        return True
+
+    def check_video_safety(self, frames):
+        return frames
+
+    def to(self, *args, **kwargs):
+        return self

@@ -121,17 +121,7 @@ def test_guided_denoiser_call_matches_diffusers(transformer, n_cond, batch_cfg):
 def pipeline(transformer):
     from diffusers import AutoencoderKLWan, Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
 
-    class NoSafetyCheck:
-        """diffusers refuses to run without a checker object; this one passes everything."""
-
-        def check_text_safety(self, prompt):
-            return True
-
-        def check_video_safety(self, frames):
-            return frames
-
-        def to(self, *args, **kwargs):
-            return self
+    from tests.diffusers_compat import NoSafetyCheck
 
     torch.manual_seed(1)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
