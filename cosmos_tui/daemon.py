@@ -39,7 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cosmos_tui import paths
+from cosmos_tui import paths, phase_timing
 from cosmos_tui.queue.core import (MODEL_KEY_FIELDS, EngineView, Evict, Start, dependency_failed, model_key, plan,
                                    waiting_on)
 from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
@@ -492,6 +492,8 @@ class Daemon:
             if isinstance(seconds, (int, float)) and seconds >= 0:
                 prev = row.get("sec_per_step")
                 cols["sec_per_step"] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+        elif kind == "phase":
+            cols.update(phase_timing.on_phase(self.store, job, ev))  # learns durations for the ETA
         elif kind == "chunk":
             cols.update(chunk=ev.get("chunk"), num_chunks=ev.get("total"))
         elif kind == "generation":
@@ -613,7 +615,11 @@ class Daemon:
 
     # -- job dicts for clients --
 
-    def job_dict(self, row: dict, place: int | None = None) -> dict:
+    def etas(self):
+        skip = [j for j, cols in self.unsaved.items() if cols.get("state") not in ("queued", "running")]
+        return phase_timing.queue_etas(self.store, list(range(self.gpu_count)), self.engine_views(), self.paused, skip)
+
+    def job_dict(self, row: dict, place: int | None = None, etas=None) -> dict:
         row = {**row, **self.unsaved.get(row["id"], {})}
         spec = row["spec"]
         d = {k: row[k] for k in (
@@ -626,7 +632,7 @@ class Daemon:
             d["num_chunks"] = spec.get("num_chunks")
         if d["num_generations"] is None and row["mode"] == "bestofn":
             d["num_generations"] = spec.get("num_generations")
-        d["eta_s"] = _eta(d) if row["state"] == "running" else None
+        d.update(phase_timing.wire_fields({**row, "state": d["state"]}, etas or self.etas()))
         d["outputs"] = self.store.outputs(row["id"])
         d["critic"] = self.store.critic(row["id"])
         d["log_path"] = str(paths.job_log_path(row["id"]))
@@ -648,11 +654,11 @@ class Daemon:
 
     def job_dicts(self, states=None) -> list[dict]:
         rows = self.store.jobs(states)
-        out, place = [], 0
+        out, place, etas = [], 0, self.etas()
         for r in rows:
             if r["state"] == "queued":
                 place += 1
-            out.append(self.job_dict(r, place if r["state"] == "queued" else None))
+            out.append(self.job_dict(r, place if r["state"] == "queued" else None, etas))
         return out
 
     # -- request handlers: op_<name>(request) -> result --
@@ -847,6 +853,7 @@ class Daemon:
             "gpu_backend": getattr(self.gpu, "kind", "?"),
             "gpu_count": self.gpu_count,
             "warnings": self.warnings,
+            **phase_timing.queue_fields(self.etas()),
         }
 
     def op_gpus(self, req):
@@ -960,23 +967,15 @@ def _describe(ev: dict) -> str:
         return f"{(ev.get('level') or 'info').upper()} {ev.get('message')}"
     if kind == "step":
         extra = "".join(f" {k} {ev[k]}" for k in ("chunk", "generation") if ev.get(k) is not None)
+        extra += " (final pass)" if ev.get("final") else ""
         secs = ev.get("seconds")
         return f"step {ev.get('step')}/{ev.get('total')}{extra}" + (f" ({secs:.2f} s)" if isinstance(secs, (int, float)) else "")
+    if kind == "phase":
+        return phase_timing.describe(ev)
     if kind == "failed":
         return f"FAILED ({ev.get('reason')}): {ev.get('error')}"
     rest = {k: v for k, v in ev.items() if k not in ("event", "job", "t", "spec")}
     return f"{kind} {json.dumps(rest, default=str)}"
-
-
-def _eta(d: dict) -> float | None:
-    sps, step, total = d.get("sec_per_step"), d.get("step"), d.get("total_steps")
-    if not sps or not total or step is None:
-        return None
-    remaining = total - step
-    for unit, units in (("chunk", "num_chunks"), ("generation", "num_generations")):
-        if d.get(units):
-            remaining += max(0, d[units] - (d.get(unit) or 1)) * total
-    return remaining * sps
 
 
 # -- process entry --
