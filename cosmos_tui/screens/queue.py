@@ -8,6 +8,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from cosmos_tui.screens.commands import bindings
+from cosmos_tui.widgets import phase_text
 from cosmos_tui.widgets.banner import ConnectionBanner
 from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
@@ -23,7 +24,7 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
         head = "running"
     parts = [f"{counts[s]} {s}" for s in ("running", "queued", "done", "failed", "interrupted") if counts.get(s)]
     shown = f"filter: {state_filter}" if state_filter else "filter: all"
-    return f"queue {head} · " + (", ".join(parts) or "no jobs") + f" · {shown}"
+    return f"queue {head} · " + (", ".join(parts) or "no jobs") + phase_text.queue_eta(queue) + f" · {shown}"
 
 
 class QueueScreen(QuietBackground, Screen):
