@@ -163,3 +163,16 @@ def test_queue_eta_leaves_out_held_paused_and_dependent_jobs():
     # a model never measured: partial, and the queue's total says so
     q = eta.queue_eta([], [Queued(1, spec, eta.key_id(("14B",)))], [0], {a: STATS})
     assert q.jobs[1].partial and q.total.partial
+
+
+def test_eta_imports_no_asyncio_sockets_textual_or_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, cosmos_tui.queue.eta\n"
+            "print(' '.join(m for m in ('asyncio', 'socket', 'textual', 'torch') if m in sys.modules))")
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == ""
