@@ -86,7 +86,9 @@ def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: It
         else:
             queued.append(eta.Queued(r["id"], r["spec"], key, int(r.get("gpus_wanted") or 1),
                                      bool(r.get("held")), r.get("after")))
-    done = {r["id"] for r in store.jobs(("done",))}
+    # only the jobs some queued job runs --after matter (not every finished job of the history)
+    afters = {q.after for q in queued if q.after is not None}
+    done = {a for a in afters if (store.job(a) or {}).get("state") == "done"}
     warm = {g: eta.key_id(e.key) for e in engines if e.job is None and not e.dead for g in e.gpus}
     return eta.queue_eta(running, queued, list(gpus), stats, warm=warm, paused=paused, done=done)
 

@@ -70,6 +70,14 @@ def test_queue_etas_from_the_store(tmp_path):
     wire = phase_timing.wire_fields(s.job(b), q)
     assert wire == {"phase": None, "eta_s": round(q.jobs[b].seconds, 1), "eta_partial": False}
     assert phase_timing.queue_fields(q)["eta_s"] == round(q.jobs[b].seconds, 1)
+    # --after a job that is done: counted; --after one that is still queued behind: not yet
+    d = s.add_job({**SPEC, "save_path": "d.mp4"})
+    s.update(d, state="running")
+    s.update(d, state="done")
+    c = s.add_job({**SPEC, "save_path": "c.mp4"}, after=d)
+    e = s.add_job({**SPEC, "save_path": "e.mp4"}, after=s.add_job({**SPEC, "save_path": "f.mp4"}, priority=-1))
+    q = phase_timing.queue_etas(s, [0], [], paused=False, now=10.0)
+    assert q.jobs[c] is not None and q.jobs[e] is None
     # nothing measured for a model: no ETA at all rather than "at least 0 s"
     fresh = Store(tmp_path / "fresh.db")
     c = fresh.add_job(SPEC)
