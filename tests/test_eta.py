@@ -56,6 +56,11 @@ def test_a_single_video_cold_and_warm():
     assert eta.job_total(full, STATS, cold=False).seconds == GEN(4) + 0.75 + checks
     bench = {**spec, "benchmark": True}  # four runs, one write
     assert eta.job_total(bench, STATS, cold=False).seconds == 4 * GEN(4) + 0.75
+    # run 2 decoded: runs 3 and 4 and the write (which the engine reports as part of the last run)
+    decoded = {"phase": "vae_decode", "state": "end", "run": 2, "runs": 4}
+    assert eta.remaining(bench, STATS, decoded, now=0.0).seconds == 2 * GEN(4) + 0.75
+    writing = {"phase": "writing", "state": "start", "start": 0.0, "run": 4, "runs": 4}
+    assert eta.remaining(bench, STATS, writing, now=0.5).seconds == 0.25
 
 
 def test_a_four_step_job_plans_five_evaluations_and_counts_down_by_step():

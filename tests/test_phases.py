@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from cosmos_tui.queue import eta
 from engine import phases
 from engine.modes import run_job
 from engine.spec import BUILD_FIELDS
@@ -33,6 +34,18 @@ def check_pairs(evs: list[dict]) -> None:
     assert open_ is None
 
 
+def check_plan(spec, evs: list[dict], refined: bool = True) -> None:
+    """The ETA's plan of the job (cosmos_tui/queue/eta.job_plan) is what the engine did, phase for phase:
+    a phase the plan lacks would make the ETA start over from the top."""
+    done = ends(evs)
+    seen = [(eta.stat_of(e), eta.unit_of(e), eta.tag_of(e)) for e in done]
+    cold = any(e["phase"] == "loading" and e.get("component") == "pipeline" for e in done)
+    planned = [(i.stat, i.unit, i.tag) for i in eta.job_plan(spec.model_dump(), cold) if i.stat != "warmup"]
+    if not refined:  # the tiny refiner kept the prompt: there was no refined prompt to check
+        planned = [p for p in planned if p[2] != "refined_prompt"]
+    assert seen == planned
+
+
 def test_one_video_reports_each_phase_once_in_order_and_steps_of_the_request(tmp_path):
     from engine.pipeline import _WARM
 
@@ -49,6 +62,7 @@ def test_one_video_reports_each_phase_once_in_order_and_steps_of_the_request(tmp
         # the tiny refiner may keep the prompt as it is (None): then there is no refined prompt to check
         ("loading", None), ("guardrail", "prompt"), ("refine", None), ("text_encode", None), ("vae_encode", None),
         ("denoise", None), ("vae_decode", None), ("guardrail", "video"), ("writing", None)]
+    check_plan(spec, evs, refined=("guardrail", "refined_prompt") in names)
     steps = [e for e in evs if e["event"] == "step"]
     # a 4-step job never says step 5/5: four steps of 4, then the final clean pass, told apart
     assert [(e["step"], e["total"], e.get("final", False)) for e in steps] == [
@@ -74,6 +88,7 @@ def test_long_video_phases_carry_their_chunk(tmp_path):
     per_chunk = ["text_encode", "vae_encode", "denoise", "vae_decode"]
     assert gen == [(p, 1, 2) for p in per_chunk] + [("writing", 1, 2)] + [(p, 2, 2) for p in per_chunk] + [
         ("writing", 2, 2)]
+    check_plan(spec, evs)
     writes = [e for e in ends(evs) if e["phase"] == "writing"]
     assert writes[0]["partial"] is True and writes[1]["frames"] > writes[0]["frames"]
 
@@ -88,8 +103,18 @@ def test_best_of_n_phases_carry_generation_and_critic_trials(tmp_path):
     assert [e.get("generation") for e in done if e["phase"] == "denoise"] == [1, 2]
     assert all(e.get("num_generations") == 2 for e in done if e["phase"] in ("denoise", "writing"))
     assert [e.get("component") for e in done if e["phase"] == "loading"][-1] == "critic"
+    check_plan(spec, evs)
     critic = [e for e in done if e["phase"] == "critic"]
     assert [(e["video"], e["videos"], e["trials"], e["units"]) for e in critic] == [(1, 2, 2, 2), (2, 2, 2, 2)]
+
+
+def test_benchmark_runs_are_phases_of_their_run(tmp_path):
+    spec = tiny_spec(tmp_path, num_steps=1, benchmark=True, save_path=str(tmp_path / "bench.mp4"))
+    evs: list[dict] = []
+    run_job(spec, emit=evs.append)
+    check_pairs(evs)
+    check_plan(spec, evs)  # four runs, then one write, which belongs to the last run
+    assert [e.get("run") for e in ends(evs) if e["phase"] == "denoise"] == [1, 2, 3, 4]
 
 
 def test_a_phase_left_by_an_exception_ends_not_ok():

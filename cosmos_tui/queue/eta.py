@@ -179,7 +179,13 @@ def job_total(spec: Mapping, stats: Stats, cold: bool) -> Estimate:
     return _cost(job_plan(spec, cold), stats)
 
 
-def _unit_of(phase: Mapping) -> int:
+def tag_of(phase: Mapping) -> str:
+    """Which of a unit's two text checks a guardrail phase is ("" for every other phase)."""
+    return (phase.get("target") or "prompt") if stat_of(phase) == "guardrail_text" else ""
+
+
+def unit_of(phase: Mapping) -> int:
+    """The generation / chunk / run a phase belongs to, the critic's video, 0 for a load."""
     if phase.get("phase", phase.get("name")) == "critic":
         return int(phase.get("video") or 1)
     if phase.get("phase", phase.get("name")) == "loading":
@@ -200,8 +206,7 @@ def remaining(spec: Mapping, stats: Stats, phase: Mapping | None, now: float, st
     if not phase:
         return _cost(job_plan(spec, cold=True), stats, live)
     items = job_plan(spec, cold=bool(phase.get("cold")))
-    stat = stat_of(phase)
-    here = (stat, _unit_of(phase), (phase.get("target") or "prompt") if stat == "guardrail_text" else "")
+    here = (stat_of(phase), unit_of(phase), tag_of(phase))
     at = next((i for i, it in enumerate(items) if (it.stat, it.unit, it.tag) == here), None)
     if at is None:
         # a phase the plan doesn't have (a resumed long video's chunk numbering is in the plan; a

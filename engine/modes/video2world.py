@@ -35,7 +35,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         timings["benchmark_mean_s"] = sum(timed) / len(timed)
         timings["benchmark_runs_s"] = timed
         ev.log(f"benchmark: mean of {len(timed)} timed runs {timings['benchmark_mean_s']:.2f}s")
-    return write_result(spec, result, Path(spec.save_path), ev, timings)
+    return write_result(spec, result, Path(spec.save_path), ev, timings,
+                        phase_fields={"run": runs, "runs": runs} if spec.benchmark else None)
 
 
 def write_result(spec: GenerationSpec, result, path: Path, ev: events.Emitter, timings: dict | None = None,
