@@ -493,7 +493,7 @@ class Daemon:
                 prev = row.get("sec_per_step")
                 cols["sec_per_step"] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
         elif kind == "phase":
-            cols.update(phase_timing.on_phase(self.store, job, ev))  # learns durations for the ETA
+            cols.update(phase_timing.on_phase(self.store, job, ev, warn=_log))  # learns durations for the ETA
         elif kind == "chunk":
             cols.update(chunk=ev.get("chunk"), num_chunks=ev.get("total"))
         elif kind == "generation":

@@ -51,14 +51,20 @@ def key_of(spec: dict) -> str:
     return eta.key_id(model_key(spec))
 
 
-def on_phase(store, job: int, ev: dict) -> dict:
-    """Record a phase event of `job`; returns the job columns to update."""
+def on_phase(store, job: int, ev: dict, warn=None) -> dict:
+    """Record a phase event of `job`; returns the job columns to update. Timings that can't be stored
+    are reported to `warn` and skipped: they only make later ETAs better, and must not stop the job."""
     row = store.job(job)
     if row is None:
         return {}
     key = key_of(row["spec"])
-    for stat, seconds in eta.samples(ev):
-        store.add_phase_sample(key, stat, seconds)
+    try:
+        for stat, seconds in eta.samples(ev):
+            store.add_phase_sample(key, stat, seconds)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        if warn is not None:
+            warn(f"could not store the phase timings of job {job} ({type(err).__name__}: {err}); "
+                 f"ETAs of its model may be off")
     prev = row.get("phase") or {}
     now = {k: ev[k] for k in PHASE_FIELDS if k in ev}
     now["cold"] = bool(prev.get("cold")) or (ev.get("phase") == "loading" and ev.get("component") != "critic")

@@ -52,6 +52,20 @@ def test_on_phase_tracks_the_current_phase_cold_flag_and_resets_steps(tmp_path):
         "phase denoise done in 2.50 s [chunk 2/6]"
 
 
+def test_timings_that_cannot_be_stored_do_not_stop_the_job(tmp_path, monkeypatch):
+    s = Store(tmp_path / "jobs.db")
+    jid = s.add_job(SPEC)
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s, "add_phase_sample", full)
+    said = []
+    cols = phase_timing.on_phase(s, jid, end("vae_decode", 3.0), warn=said.append)
+    assert '"vae_decode"' in cols["phase"]  # the job's progress still moves on
+    assert len(said) == 1 and "No space left" in said[0] and f"job {jid}" in said[0]
+
+
 def test_queue_etas_from_the_store(tmp_path):
     s = Store(tmp_path / "jobs.db")
     key = phase_timing.key_of(SPEC)
