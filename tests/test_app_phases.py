@@ -94,6 +94,8 @@ async def test_job_screen_shows_the_phase_line_and_time_per_phase(fake):
         screen = app.screen
         progress = str(screen.query_one("#job-progress", Static).render())
         assert "phase: critic · video 3/4, 5 trials" in progress and "ETA 1m35" in progress
+        # the bar is by time, as the queue row's: 30 s elapsed of 30 + 95 (the critic's trials are not steps)
+        assert " 24%" in progress
         await wait_for(pilot, lambda: screen.query_one("#job-phases", Static).display, what="phase summary")
         summary = str(screen.query_one("#job-phases", Static).render())
         assert summary == "phases: loading 40s · text encode 0.2s · denoise 2m22 (×2)"
@@ -102,16 +104,20 @@ async def test_job_screen_shows_the_phase_line_and_time_per_phase(fake):
 def test_phase_text_pieces():
     job = {"state": "running", "step": 3, "total_steps": 4, "phase": {"phase": "denoise", "state": "start",
                                                                        "generation": 2, "num_generations": 4}}
-    assert phase_text.phase_line(job) == "denoise · step 3/4 · generation 2/4"
+    assert phase_text.phase_line(job) == "denoise"  # steps and generations: on the units line above it
     assert phase_text.row_phase(job) == "3/4"
     guard = {"state": "running", "phase": {"phase": "guardrail", "target": "refined_prompt", "state": "end",
                                            "chunk": 1, "num_chunks": 3}}
-    assert phase_text.phase_line(guard) == "guardrail (refined prompt) · chunk 1/3 · done"
+    assert phase_text.phase_line(guard) == "guardrail (refined prompt) · done"
+    bench = {"state": "running", "phase": {"phase": "vae_decode", "state": "start", "run": 2, "runs": 4}}
+    assert phase_text.phase_line(bench) == "VAE decode · run 2/4"
     assert phase_text.phase_line({"state": "done", "phase": {"phase": "writing"}}) == ""
     assert all(len(w) <= 7 for w in phase_text.SHORT.values())
     # by time once the ETA is a full estimate: 30 s done and 90 s left is a quarter
-    assert phase_text.fraction({"state": "running", "eta_s": 90.0}, 30.0) == 0.25
-    assert phase_text.fraction({"state": "running", "eta_s": 90.0, "eta_partial": True}, 30.0) is None
+    ph = {"phase": "critic", "state": "start"}
+    assert phase_text.fraction({"state": "running", "eta_s": 90.0, "phase": ph}, 30.0) == 0.25
+    assert phase_text.fraction({"state": "running", "eta_s": 90.0, "eta_partial": True, "phase": ph}, 30.0) is None
+    assert phase_text.fraction({"state": "running", "eta_s": 90.0}, 30.0) is None  # a steps-only ETA
     assert phase_text.eta_text(None) == "-" and phase_text.eta_text(61, True) == "1m01+"
 
 

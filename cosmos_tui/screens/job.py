@@ -31,7 +31,7 @@ def head_line(job: dict) -> str:
 
 
 def progress_text(job: dict, clock) -> str:
-    frac = fmt.progress_fraction(job)
+    frac = phase_text.overall(job, fmt.elapsed(job, clock))  # the queue row's bar says the same
     pct = f"{int(frac * 100)}%" if frac is not None else "-"
     lines = [
         f"{fmt.bar(frac, 30)} {pct}",

@@ -27,16 +27,9 @@ def eta_text(seconds, partial: bool = False) -> str:
     return "-" if seconds is None else fmt.duration(seconds) + ("+" if partial else "")
 
 
-def _unit(ph: dict) -> str:
-    for k, n, word in (("chunk", "num_chunks", "chunk"), ("generation", "num_generations", "generation"),
-                       ("run", "runs", "run")):
-        if ph.get(k) is not None:
-            return f"{word} {ph[k]}/{ph.get(n) or '?'}"
-    return ""
-
-
 def phase_line(job: dict) -> str:
-    """'denoise · step 12/35 · chunk 2/6', 'critic · video 3/4, 5 trials', 'guardrail (video) · generation 2/4'."""
+    """'denoise', 'critic · video 3/4, 5 trials', 'guardrail (video) · done', 'VAE decode · run 2/4': what
+    the job does now. Steps, chunks and generations are on the line above it (format.units_line)."""
     ph = job.get("phase") or {}
     if job.get("state") != "running" or not ph.get("phase"):
         return ""
@@ -46,13 +39,10 @@ def phase_line(job: dict) -> str:
     if what:
         head += f" ({str(what).replace('_', ' ')})"
     parts = [head]
-    if name == "denoise" and job.get("total_steps"):
-        parts.append(f"step {job.get('step') or 0}/{job['total_steps']}")
     if name == "critic" and ph.get("video") is not None:
         parts.append(f"video {ph['video']}/{ph.get('videos') or '?'}, {ph.get('trials') or '?'} trials")
-    unit = _unit(ph)
-    if unit:
-        parts.append(unit)
+    if ph.get("run") is not None:  # benchmark runs: no counter of their own elsewhere
+        parts.append(f"run {ph['run']}/{ph.get('runs') or '?'}")
     if ph.get("state") == "end":
         parts.append("done")
     return " · ".join(parts)
@@ -71,12 +61,20 @@ def row_phase(job: dict) -> str | None:
 
 def fraction(job: dict, elapsed: float | None) -> float | None:
     """How far a running job is, by time: done / (done + left), when the ETA is a full estimate (a
-    best-of-N job's critic or a long video's last write count, not only its denoise steps)."""
+    best-of-N job's critic or a long video's last write count, not only its denoise steps). Only for a
+    job that reports phases: an ETA without them may count the steps alone."""
     left = job.get("eta_s")
-    if job.get("state") != "running" or left is None or job.get("eta_partial") or elapsed is None:
+    if (job.get("state") != "running" or not job.get("phase") or left is None or job.get("eta_partial")
+            or elapsed is None):
         return None
     total = elapsed + left
     return elapsed / total if total > 0 else None
+
+
+def overall(job: dict, elapsed: float | None) -> float | None:
+    """The job's progress for its bars: by time when the ETA is complete, else by steps/chunks/generations."""
+    frac = fraction(job, elapsed)
+    return fmt.progress_fraction(job) if frac is None else frac
 
 
 def row_progress(job: dict, elapsed: float | None) -> str | None:
@@ -84,10 +82,7 @@ def row_progress(job: dict, elapsed: float | None) -> str | None:
     word = row_phase(job)
     if word is None:
         return None
-    frac = fraction(job, elapsed)
-    if frac is None:
-        frac = fmt.progress_fraction(job)
-    return f"{fmt.bar(frac, ROW_BAR)} {word:<7}"
+    return f"{fmt.bar(overall(job, elapsed), ROW_BAR)} {word:<7}"
 
 
 def summary(events: Iterable[dict]) -> str:
