@@ -492,6 +492,8 @@ class Daemon:
             if isinstance(seconds, (int, float)) and seconds >= 0:
                 prev = row.get("sec_per_step")
                 cols["sec_per_step"] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+        elif kind == "started":
+            cols.update(phase_timing.on_started(ev))
         elif kind == "phase":
             cols.update(phase_timing.on_phase(self.store, job, ev, warn=_log))  # learns durations for the ETA
         elif kind == "chunk":

@@ -74,6 +74,14 @@ def on_phase(store, job: int, ev: dict, warn=None) -> dict:
     return cols
 
 
+def on_started(ev: dict) -> dict:
+    """The engine's `started` says whether it already holds the job's model: the plan's first guess
+    (a load or not) until the first phase event."""
+    if not isinstance(ev.get("warm"), bool):
+        return {}
+    return {"phase": json.dumps({"cold": not ev["warm"]})}
+
+
 def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: Iterable[int] = (),
                now: float | None = None) -> eta.QueueEta:
     """ETAs of the running and queued jobs (`skip`: ids whose state changed only in memory).

@@ -5,7 +5,7 @@ and `t` (unix seconds). The pipeline calls an `emit(event_dict)` callback; the e
 them to stdout as JSON lines; the daemon stores them; the TUI renders them. Nobody parses log text.
 
 Kinds and their fields (all optional unless marked):
-  started     mode, spec (dict)
+  started     mode, spec (dict), warm (the process already holds this job's pipeline: no loading)
   step        step (1-based), total, seconds (this step), chunk, generation  [step, total required]
               total = the steps the job asked for (num_steps); the sampler's last, clean network
               evaluation comes as one more event with final=true and step = total

@@ -106,8 +106,9 @@ def test_a_cold_job_pays_the_load_and_the_first_steps_compilation():
     denoise = {"phase": "denoise", "state": "start", "start": 0.0, "cold": True}
     assert eta.remaining(spec, STATS, denoise, now=0.0, step=0).seconds == 20.0 + 5 * 2.0 + 3.0 + 0.75
     assert eta.remaining(spec, STATS, denoise, now=0.0, step=1).seconds == 4 * 2.0 + 3.0 + 0.75
-    # before any phase event: the whole plan, load included
+    # before any phase event: the whole plan, load included, unless the engine said it holds the model
     assert eta.remaining(spec, STATS, None, now=0.0) == eta.job_total(spec, STATS, cold=True)
+    assert eta.remaining(spec, STATS, {"cold": False}, now=0.0) == eta.job_total(spec, STATS, cold=False)
 
 
 def test_unmeasured_phases_make_a_partial_lower_bound_and_the_jobs_own_step_time_helps():

@@ -76,6 +76,9 @@ def test_one_video_reports_each_phase_once_in_order_and_steps_of_the_request(tmp
     evs2: list[dict] = []
     run_job(spec.model_copy(update={"save_path": str(tmp_path / "two.mp4")}), emit=evs2.append)
     assert "loading" not in [e["phase"] for e in ends(evs2)]
+    # and its `started` said so beforehand (the daemon's first ETA guess: no load)
+    assert [e["warm"] for e in evs if e["event"] == "started"] == [False]
+    assert [e["warm"] for e in evs2 if e["event"] == "started"] == [True]
     assert next(e for e in ends(evs2) if e["phase"] == "denoise")["cold"] is False
 
 

@@ -199,12 +199,13 @@ def unit_of(phase: Mapping) -> int:
 def remaining(spec: Mapping, stats: Stats, phase: Mapping | None, now: float, step: int | None = None,
               sec_per_step: float | None = None) -> Estimate:
     """What is left of a running job. `phase`: its latest phase event (phase, state, start, chunk /
-    generation / run / video, target, component) plus `cold` (it loaded its engine), or None before
-    the first; `step`: denoise steps done in the current generation; `sec_per_step`: the job's own
+    generation / run / video, target, component) plus `cold` (it loads its engine), or None before
+    the first (or only `cold`, from the engine's `started`); `step`: denoise steps done in the current generation; `sec_per_step`: the job's own
     step time, used while its model has no denoise stat yet (the first job on a new model)."""
     live = {"denoise_step": sec_per_step} if sec_per_step else None
-    if not phase:
-        return _cost(job_plan(spec, cold=True), stats, live)
+    if not phase or not stat_of(phase):
+        # before the first phase: the whole plan, with a load unless the engine said it holds the model
+        return _cost(job_plan(spec, cold=(phase or {}).get("cold", True)), stats, live)
     items = job_plan(spec, cold=bool(phase.get("cold")))
     here = (stat_of(phase), unit_of(phase), tag_of(phase))
     at = next((i for i, it in enumerate(items) if (it.stat, it.unit, it.tag) == here), None)
