@@ -67,7 +67,8 @@ def on_phase(store, job: int, ev: dict, warn=None) -> dict:
                  f"ETAs of its model may be off")
     prev = row.get("phase") or {}
     now = {k: ev[k] for k in PHASE_FIELDS if k in ev}
-    now["cold"] = bool(prev.get("cold")) or (ev.get("phase") == "loading" and ev.get("component") != "critic")
+    built = ev.get("phase") == "loading" and ev.get("component") in (None, "pipeline")
+    now["cold"] = bool(prev.get("cold")) or built
     cols = {"phase": json.dumps(now, default=str)}
     if ev.get("phase") == "denoise" and ev.get("state") == "start":
         cols["step"] = 0  # a new generation's steps start again; the last one's count is not this one's
@@ -96,7 +97,7 @@ def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: It
         if r["state"] == "running":
             left = eta.remaining(r["spec"], stats.get(key, {}), r.get("phase"), now, r.get("step"),
                                  r.get("sec_per_step"))
-            running.append(eta.Running(r["id"], tuple(r.get("gpus") or ()), key, left))
+            running.append(eta.Running(r["id"], tuple(r.get("gpus") or ()), key, left, r["spec"]))
         else:
             queued.append(eta.Queued(r["id"], r["spec"], key, int(r.get("gpus_wanted") or 1),
                                      bool(r.get("held")), r.get("after")))

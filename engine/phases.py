@@ -7,6 +7,9 @@ takes for a build (`key`), so the schema is a contract: docs/CONTRACTS.md, "Phas
 
 Every phase event carries `key`, the build-time fields (engine.spec.BuildConfig) of the model that
 ran it: phase durations are only comparable between equal builds.
+
+`loading` has a `component`: "pipeline" (building the DiT, VAE and T5), "generator" (moving them back
+from the CPU, where best-of-N parked them for its critic) or "critic" (building best-of-N's critic).
 """
 
 from __future__ import annotations

@@ -158,10 +158,11 @@ class Video2WorldPipeline:
         if not self._offloaded:
             return
         t0 = time.perf_counter()
-        memory.onload(self.dit, self.device)
-        memory.onload(self.vae, self.device)
-        if not self.build.offload_text_encoder:
-            memory.onload(self.text_encoder, self.device)
+        with phase(self.ev, "loading", self.key_fields, component="generator"):  # back from the CPU
+            memory.onload(self.dit, self.device)
+            memory.onload(self.vae, self.device)
+            if not self.build.offload_text_encoder:
+                memory.onload(self.text_encoder, self.device)
         self._offloaded = False
         self.ev.log(f"generator back on {self.device} in {time.perf_counter() - t0:.1f}s")
 

@@ -182,3 +182,22 @@ def test_eta_imports_no_asyncio_sockets_textual_or_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == ""
+
+
+def test_a_job_after_best_of_n_brings_the_parked_generator_back():
+    spec = {"mode": "video2world", "num_steps": 4, **PLAIN}
+    stats = {**STATS, "onload": Stat(6.0, 2)}
+    assert eta.job_total(spec, stats, cold=False, onload=True).seconds == 6.0 + GEN(4) + 0.75
+    # never measured (a CPU parks nothing): nothing to add, and no reason to call the estimate partial
+    assert eta.job_total(spec, STATS, cold=False, onload=True) == Estimate(GEN(4) + 0.75)
+    onload = {"phase": "loading", "component": "generator", "state": "start", "start": 0.0}
+    assert eta.remaining(spec, stats, onload, now=2.0).seconds == 4.0 + GEN(4) + 0.75
+    assert eta.samples({"event": "phase", "state": "end", "ok": True, "phase": "loading", "component": "generator",
+                        "seconds": 6.0}) == [("onload", 6.0)]
+    # in the queue: the job behind a best-of-N on its GPU pays the onload, one behind a plain video doesn't
+    a = eta.key_id(("2B",))
+    bon = {"mode": "bestofn", "num_generations": 2, "num_critic_trials": 1, **PLAIN}
+    q = eta.queue_eta([Running(1, (0,), a, Estimate(10.0), bon)], [Queued(2, spec, a)], [0], {a: stats})
+    assert q.jobs[2] == Estimate(10.0 + 6.0 + GEN(4) + 0.75)
+    q = eta.queue_eta([Running(1, (0,), a, Estimate(10.0), spec)], [Queued(2, spec, a)], [0], {a: stats})
+    assert q.jobs[2] == Estimate(10.0 + GEN(4) + 0.75)

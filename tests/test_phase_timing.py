@@ -48,6 +48,9 @@ def test_on_phase_tracks_the_current_phase_cold_flag_and_resets_steps(tmp_path):
     s.update(jid, **cols)
     ph = s.job(jid)["phase"]
     assert ph["cold"] is True and ph["chunk"] == 2 and "key" not in ph
+    back = phase_timing.on_phase(s, s.add_job({**SPEC, "save_path": "g.mp4"}),
+                                 end("loading", 6.0, component="generator"))
+    assert '"cold": false' in back["phase"]  # a parked generator coming back is no fresh engine
     assert phase_timing.on_started({"event": "started", "warm": True}) == {"phase": '{"cold": false}'}
     assert phase_timing.on_started({"event": "started"}) == {}  # an engine that doesn't say
     assert phase_timing.describe(end("denoise", 2.5, chunk=2, num_chunks=6)) == \

@@ -111,6 +111,20 @@ def test_best_of_n_phases_carry_generation_and_critic_trials(tmp_path):
     assert [(e["video"], e["videos"], e["trials"], e["units"]) for e in critic] == [(1, 2, 2, 2), (2, 2, 2, 2)]
 
 
+def test_a_parked_generator_coming_back_is_a_loading_phase(tmp_path):
+    from engine.pipeline import get_pipeline
+
+    spec = tiny_spec(tmp_path, num_steps=1, save_path=str(tmp_path / "back.mp4"))
+    pipe = get_pipeline(spec)
+    pipe._offloaded = True  # as best-of-N leaves it on a GPU (a CPU pipeline parks nothing by itself)
+    evs: list[dict] = []
+    pipe.set_emit(evs.append)
+    pipe.generate(spec)
+    check_pairs(evs)
+    assert [(e["phase"], e.get("component")) for e in ends(evs)][0] == ("loading", "generator")
+    assert eta.samples(ends(evs)[0])[0][0] == "onload"
+
+
 def test_benchmark_runs_are_phases_of_their_run(tmp_path):
     spec = tiny_spec(tmp_path, num_steps=1, benchmark=True, save_path=str(tmp_path / "bench.mp4"))
     evs: list[dict] = []

@@ -25,8 +25,12 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 # what one phase end event teaches, per unit of its work
-STATS = ("loading", "warmup", "guardrail_text", "refine", "text_encode", "vae_encode", "denoise_step",
+STATS = ("loading", "warmup", "onload", "guardrail_text", "refine", "text_encode", "vae_encode", "denoise_step",
          "vae_decode", "guardrail_video", "writing", "critic_load", "critic_trial")
+
+# counted as nothing while never measured (not "partial"): on a CPU, best-of-N parks nothing, so there
+# is never a generator to bring back
+OPTIONAL = frozenset({"onload"})
 
 MIN_WEIGHT = 0.2  # after five samples, a new one moves the average by a fifth: it follows a change
 
@@ -62,7 +66,7 @@ def stat_of(phase: Mapping) -> str | None:
     """The stat a phase event's work belongs to (guardrail and loading split by what they do)."""
     name = phase.get("phase", phase.get("name"))
     if name == "loading":
-        return "critic_load" if phase.get("component") == "critic" else "loading"
+        return {"critic": "critic_load", "generator": "onload"}.get(phase.get("component"), "loading")
     if name == "guardrail":
         return "guardrail_video" if phase.get("target") == "video" else "guardrail_text"
     if name == "denoise":
@@ -109,8 +113,9 @@ def _int(spec: Mapping, name: str, default: int) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
 
 
-def job_plan(spec: Mapping, cold: bool) -> list[Item]:
-    """The job's units of work in the order the engine does them. `cold`: it needs a fresh engine."""
+def job_plan(spec: Mapping, cold: bool, onload: bool = False) -> list[Item]:
+    """The job's units of work in the order the engine does them. `cold`: it needs a fresh engine;
+    `onload`: its warm engine's generator is parked on the CPU (the job before it was a best-of-N)."""
     mode = spec.get("mode") or "video2world"
     steps = _int(spec, "num_steps", 35)
     guard = not spec.get("disable_guardrail")
@@ -118,6 +123,8 @@ def job_plan(spec: Mapping, cold: bool) -> list[Item]:
     items: list[Item] = []
     if cold and not (mode == "bestofn" and spec.get("skip_generation")):
         items += [Item("loading", 1), Item("warmup", 1)]
+    elif onload and not (mode == "bestofn" and spec.get("skip_generation")):
+        items.append(Item("onload", 1))
     if mode == "lvg":
         units = _int(spec, "num_chunks", 6)
     elif mode == "bestofn":
@@ -169,14 +176,20 @@ def _cost(items: Iterable[Item], stats: Stats, live: Mapping[str, float] | None 
         s = stats.get(it.stat)
         per = s.seconds if s is not None else (live or {}).get(it.stat)
         if per is None:
-            missing.add(it.stat)
+            if it.stat not in OPTIONAL:
+                missing.add(it.stat)
         else:
             total += per * it.count
     return Estimate(total, bool(missing), frozenset(missing))
 
 
-def job_total(spec: Mapping, stats: Stats, cold: bool) -> Estimate:
-    return _cost(job_plan(spec, cold), stats)
+def job_total(spec: Mapping, stats: Stats, cold: bool, onload: bool = False) -> Estimate:
+    return _cost(job_plan(spec, cold, onload), stats)
+
+
+def parks_generator(spec: Mapping) -> bool:
+    """A best-of-N job leaves its engine's generator on the CPU (the critic had the GPU)."""
+    return spec.get("mode") == "bestofn" and not spec.get("skip_generation")
 
 
 def tag_of(phase: Mapping) -> str:
@@ -206,7 +219,7 @@ def remaining(spec: Mapping, stats: Stats, phase: Mapping | None, now: float, st
     if not phase or not stat_of(phase):
         # before the first phase: the whole plan, with a load unless the engine said it holds the model
         return _cost(job_plan(spec, cold=(phase or {}).get("cold", True)), stats, live)
-    items = job_plan(spec, cold=bool(phase.get("cold")))
+    items = job_plan(spec, cold=bool(phase.get("cold")), onload=stat_of(phase) == "onload")
     here = (stat_of(phase), unit_of(phase), tag_of(phase))
     at = next((i for i, it in enumerate(items) if (it.stat, it.unit, it.tag) == here), None)
     if at is None:
@@ -238,6 +251,7 @@ class Running:
     gpus: tuple[int, ...]
     key: str
     left: Estimate
+    spec: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -264,12 +278,14 @@ def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], sta
     `stats`: per model key; `done`: ids of finished jobs (for --after)."""
     free = {g: ZERO for g in gpus}
     model = dict(warm or {})
+    parked: dict[int, bool] = {}  # the engine's generator is on the CPU after a best-of-N
     jobs: dict = {}
     for r in running:
         jobs[r.id] = r.left
         for g in r.gpus:
             free[g] = r.left
             model[g] = r.key
+            parked[g] = parks_generator(r.spec)
     start_floor = ZERO
     for q in queued:
         if paused or q.held or q.gpus_wanted > len(free) or (
@@ -280,10 +296,11 @@ def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], sta
         start = _latest([start_floor, *(free[g] for g in chosen)] +
                         ([jobs[q.after]] if jobs.get(q.after) is not None else []))
         cold = not all(model.get(g) == q.key for g in chosen)
-        finish = start + job_total(q.spec, stats.get(q.key, {}), cold)
+        onload = any(parked.get(g) for g in chosen)
+        finish = start + job_total(q.spec, stats.get(q.key, {}), cold, onload)
         jobs[q.id] = finish
         for g in chosen:
-            free[g], model[g] = finish, q.key
+            free[g], model[g], parked[g] = finish, q.key, parks_generator(q.spec)
         start_floor = start
     counted = [e for e in jobs.values() if e is not None]
     if not counted:
