@@ -201,3 +201,13 @@ def test_a_job_after_best_of_n_brings_the_parked_generator_back():
     assert q.jobs[2] == Estimate(10.0 + 6.0 + GEN(4) + 0.75)
     q = eta.queue_eta([Running(1, (0,), a, Estimate(10.0), spec)], [Queued(2, spec, a)], [0], {a: stats})
     assert q.jobs[2] == Estimate(10.0 + GEN(4) + 0.75)
+
+
+def test_fast_mode_steps_are_timed_apart_and_borrow_exact_ones_until_measured():
+    spec = {"mode": "video2world", "num_steps": 4, "fast_threshold": 0.1, **PLAIN}
+    end = {"event": "phase", "state": "end", "ok": True, "phase": "denoise", "units": 5, "fast_threshold": 0.1}
+    assert eta.samples({**end, "seconds": 5.0}) == [("denoise_step_fast", 1.0)]
+    assert eta.job_total(spec, STATS, cold=False) == Estimate(GEN(4) + 0.75)  # exact steps: a ceiling
+    fast = {**STATS, "denoise_step_fast": Stat(1.0, 3)}
+    assert eta.job_total(spec, fast, cold=False) == Estimate(GEN(4) - 5 * 2.0 + 5 * 1.0 + 0.75)
+    assert eta.job_total({**spec, "fast_threshold": 0.0}, fast, cold=False) == Estimate(GEN(4) + 0.75)

@@ -26,11 +26,15 @@ from typing import Iterable, Mapping
 
 # what one phase end event teaches, per unit of its work
 STATS = ("loading", "warmup", "onload", "guardrail_text", "refine", "text_encode", "vae_encode", "denoise_step",
+         "denoise_step_fast",
          "vae_decode", "guardrail_video", "writing", "critic_load", "critic_trial")
 
 # counted as nothing while never measured (not "partial"): on a CPU, best-of-N parks nothing, so there
 # is never a generator to bring back
 OPTIONAL = frozenset({"onload"})
+
+# a stat never measured may borrow another's: a fast-mode step takes at most an exact one
+FALLBACK = {"denoise_step_fast": "denoise_step"}
 
 MIN_WEIGHT = 0.2  # after five samples, a new one moves the average by a fifth: it follows a change
 
@@ -62,6 +66,11 @@ def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 else None
 
 
+def _denoise_stat(fast_threshold) -> str:
+    # fast mode (a step cache) skips network calls: its steps are timed apart from exact ones
+    return "denoise_step_fast" if isinstance(fast_threshold, (int, float)) and fast_threshold > 0 else "denoise_step"
+
+
 def stat_of(phase: Mapping) -> str | None:
     """The stat a phase event's work belongs to (guardrail and loading split by what they do)."""
     name = phase.get("phase", phase.get("name"))
@@ -70,7 +79,7 @@ def stat_of(phase: Mapping) -> str | None:
     if name == "guardrail":
         return "guardrail_video" if phase.get("target") == "video" else "guardrail_text"
     if name == "denoise":
-        return "denoise_step"
+        return _denoise_stat(phase.get("fast_threshold"))
     if name == "critic":
         return "critic_trial"
     return name if name in STATS else None
@@ -84,14 +93,14 @@ def samples(ev: Mapping) -> list[tuple[str, float]]:
     stat = stat_of(ev)
     if seconds is None or stat is None:
         return []
-    if stat == "denoise_step":
+    if stat.startswith("denoise_step"):
         units = int(_num(ev.get("units")) or (_num(ev.get("steps")) or 0) + 1)
         first = _num(ev.get("first_step_s"))
         if ev.get("cold") and first is not None and units > 1:
             # the first step of a fresh pipeline includes compilation: charged to the load, not the steps
             per = max(0.0, (seconds - first) / (units - 1))
-            return [("denoise_step", per), ("warmup", max(0.0, first - per))]
-        return [("denoise_step", seconds / max(1, units))]
+            return [(stat, per), ("warmup", max(0.0, first - per))]
+        return [(stat, seconds / max(1, units))]
     if stat == "critic_trial":
         return [("critic_trial", seconds / max(1, int(_num(ev.get("units")) or _num(ev.get("trials")) or 1)))]
     return [(stat, seconds)]
@@ -138,7 +147,7 @@ def job_plan(spec: Mapping, cold: bool, onload: bool = False) -> list[Item]:
             items.append(Item("refine", 1, u))
             if guard:
                 items.append(Item("guardrail_text", 1, u, "refined_prompt"))  # the refined prompt is checked too
-        items += [Item("text_encode", 1, u), Item("vae_encode", 1, u), Item("denoise_step", steps + 1, u),
+        items += [Item("text_encode", 1, u), Item("vae_encode", 1, u), Item(_denoise_stat(spec.get("fast_threshold")), steps + 1, u),
                   Item("vae_decode", 1, u)]
         if guard:
             items.append(Item("guardrail_video", 1, u))
@@ -173,7 +182,7 @@ def _latest(estimates: list[Estimate]) -> Estimate:
 def _cost(items: Iterable[Item], stats: Stats, live: Mapping[str, float] | None = None) -> Estimate:
     total, missing = 0.0, set()
     for it in items:
-        s = stats.get(it.stat)
+        s = stats.get(it.stat) or stats.get(FALLBACK.get(it.stat, ""))
         per = s.seconds if s is not None else (live or {}).get(it.stat)
         if per is None:
             if it.stat not in OPTIONAL:
@@ -215,7 +224,7 @@ def remaining(spec: Mapping, stats: Stats, phase: Mapping | None, now: float, st
     generation / run / video, target, component) plus `cold` (it loads its engine), or None before
     the first (or only `cold`, from the engine's `started`); `step`: denoise steps done in the current generation; `sec_per_step`: the job's own
     step time, used while its model has no denoise stat yet (the first job on a new model)."""
-    live = {"denoise_step": sec_per_step} if sec_per_step else None
+    live = {_denoise_stat(spec.get("fast_threshold")): sec_per_step} if sec_per_step else None
     if not phase or not stat_of(phase):
         # before the first phase: the whole plan, with a load unless the engine said it holds the model
         return _cost(job_plan(spec, cold=(phase or {}).get("cold", True)), stats, live)
@@ -229,7 +238,7 @@ def remaining(spec: Mapping, stats: Stats, phase: Mapping | None, now: float, st
     if phase.get("state") == "end":
         return _cost(items[at + 1:], stats, live)
     current = items[at]
-    if current.stat == "denoise_step":
+    if current.stat.startswith("denoise_step"):
         done = min(current.count, max(0, step or 0))
         cur = _cost([Item(current.stat, current.count - done, current.unit)], stats, live)
         if done == 0 and phase.get("cold") and current.unit == 1:
