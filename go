@@ -24,6 +24,17 @@ if [ ! -f "$stamp" ]; then
     "$PY" -m pip install --disable-pip-version-check -e ".${extras}"
     touch "$stamp"
 fi
+# A Hopper GPU user gets the fastest attention kernel measured (flash-attn-4) from this set-up, tried
+# once; `auto` falls back to cuDNN when it is absent, so a failed install costs nothing but the message.
+fa4_stamp="$VENV/.cosmos-tui-fa4-tried"
+if [ "$what" != "test" ] && [ ! -f "$fa4_stamp" ] && "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9 else 1)" 2>/dev/null; then
+    if ! "$PY" -c "import flash_attn.cute" 2>/dev/null; then
+        echo "Hopper GPU: installing flash-attn-4 (the [fa4] extra, fastest dense attention measured) ..." >&2
+        "$PY" -m pip install --disable-pip-version-check -e ".[fa4]" \
+            || echo "flash-attn-4 did not install; attention uses cuDNN (install it later with: $PY -m pip install -e '.[fa4]')" >&2
+    fi
+    touch "$fa4_stamp"
+fi
 case "$what" in
     test)
         shift || true

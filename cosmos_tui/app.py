@@ -60,7 +60,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 def _is_transport_error(err: BaseException) -> bool:
     from cosmos_tui.client import DaemonNotRunning
 
-    return isinstance(err, (DaemonNotRunning, *TRANSPORT_ERRORS)) or "closed the connection" in str(err)
+    return isinstance(err, (DaemonNotRunning, *TRANSPORT_ERRORS))  # DaemonGone (hung up mid-answer) included
 
 
 class CosmosApp(App):

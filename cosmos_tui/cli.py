@@ -25,9 +25,12 @@ Examples:
   cosmos-tui demo                              queue a tiny CPU job and open the TUI
   cosmos-tui submit tiny-cpu --set prompt="a red kite over the sea" --set seed=3
   cosmos-tui submit 2b-720p16 --batch batch.json      one job per entry of the seed's batch JSON
+  cosmos-tui submit --model_size 2B --input_path x.jpg --prompt "a kite"   the seed scripts' own flags
   cosmos-tui ls                                 the queue; `ls --json` for scripts
   cosmos-tui show 12          cosmos-tui logs -f 12          cosmos-tui cancel 12
   cosmos-tui retry 12         cosmos-tui move 14 --to 1      cosmos-tui pause / resume
+  cosmos-tui edit 14 --set seed=4   cosmos-tui hold 14 / release 14   cosmos-tui submit ... --after 12
+  cosmos-tui remove 12        cosmos-tui clean --failed-only  (finished jobs only; videos stay on disk)
   cosmos-tui run tiny-cpu --set num_steps=2     run in the foreground, no daemon
   cosmos-tui daemon status    cosmos-tui presets list        cosmos-tui presets show tiny-cpu
 """
@@ -134,6 +137,31 @@ def parse_sets(items: List[str]) -> dict:
     return out
 
 
+def seed_flag_overrides(args: List[str]) -> tuple[Optional[str], dict]:
+    """The preset (the one bare word, if any) and the spec fields given as the seed scripts' flags
+    (`--model_size 2B --prompt "..."`), parsed by the seed's own parser (engine/cli_args.py), so
+    names, types and choices are the same. Only the flags given count: the preset keeps the rest.
+    A mistake exits 2 with one line, like the seed scripts."""
+    import argparse
+
+    from engine.cli_args import build_parser
+
+    parser = build_parser("video2world")
+    parser.prog = "cosmos-tui submit"
+    for action in parser._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS  # given flags only
+    parser.add_argument("preset", nargs="?", default=None, help="preset name or .toml path")
+    given = vars(parser.parse_args(args))
+    preset = given.pop("preset", None)
+    for key in ("prompt", "negative_prompt"):
+        if isinstance(given.get(key), str):
+            from cosmos_tui.queue.resolve import clean_text
+
+            given[key] = clean_text(given[key])  # argv bytes that were not UTF-8
+    return preset, given
+
+
 def batch_items(path: Path) -> list[dict]:
     """Spec overrides per entry of a batch file: the seed's format ({input_video, prompt,
     output_video}) or spec field names."""
@@ -175,23 +203,31 @@ def root(ctx: typer.Context) -> None:
 # -- queue commands --
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             options_metavar="[PRESET] [SEED FLAGS...] [OPTIONS]")
 @friendly
 def submit(
-    preset: Optional[str] = typer.Argument(None, help="Preset name or .toml path (see `presets list`)."),
+    ctx: typer.Context,
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec field: --set prompt=\"...\" --set seed=3"),
     batch: Optional[Path] = typer.Option(None, "--batch", help="Batch JSON: a list of {input_video, prompt, output_video}; one job each."),
     priority: int = typer.Option(0, help="Higher goes ahead of lower in the queue."),
     after: Optional[int] = typer.Option(None, "--after", metavar="ID", help="Run only once job ID is done (fail if it fails)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job ids as JSON."),
 ) -> None:
-    """Queue a job (or a batch) from a preset plus overrides.
+    """Queue a job (or a batch): [PRESET] [SEED FLAGS...] [--set key=value...].
 
-    Example: cosmos-tui submit tiny-cpu --set prompt="a red kite" --set seed=3
+    PRESET is a preset name or .toml path (see `presets list`). The seed scripts' own flags work
+    too, exactly as `python -m engine.video2world --help` lists them; they override the preset,
+    and --set overrides both.
+
+    Examples: cosmos-tui submit tiny-cpu --set prompt="a red kite" --set seed=3
+
+              cosmos-tui submit --model_size 2B --input_path x.jpg --prompt "a red kite" --num_gpus 1
     """
+    preset, seed_flags = seed_flag_overrides(ctx.args)
     from cosmos_tui.queue.resolve import batch_entry_problem
 
-    overrides = parse_sets(set_)
+    overrides = {**seed_flags, **parse_sets(set_)}
     if after is not None and batch is not None:
         _err("--after works with a single job, not with --batch; submit the batch, then hold/release its jobs")
         raise typer.Exit(USER_MISTAKE)
@@ -413,6 +449,41 @@ def move(
     client = Client.connect()
     place = client.move(job_id, to=to) if to is not None else client.move(job_id, -1 if up else 1)
     typer.echo(f"job {job_id} is number {place} in the queue")
+
+
+@app.command()
+@friendly
+def remove(job_ids: List[int] = typer.Argument(..., metavar="ID...")) -> None:
+    """Forget finished jobs (done, failed, cancelled, interrupted): their entries and logs go, their
+    videos stay on disk. All the IDs or none."""
+    removed = Client.connect().remove(job_ids)
+    typer.echo(f"removed job(s) {', '.join(map(str, removed))}")
+
+
+@app.command()
+@friendly
+def clean(failed_only: bool = typer.Option(False, "--failed-only", help="Only failed and interrupted jobs.")) -> None:
+    """Remove every finished job from the list (videos stay on disk)."""
+    removed = Client.connect().clean(failed_only)
+    typer.echo(f"removed job(s) {', '.join(map(str, removed))}" if removed else "nothing to clean")
+
+
+@app.command()
+@friendly
+def edit(
+    job_id: int = typer.Argument(..., metavar="ID"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="A spec field to change: --set seed=4 --set prompt=\"...\""),
+) -> None:
+    """Change a queued (or held) job's spec; checked like a submit.
+
+    Example: cosmos-tui edit 12 --set num_steps=20 --set offload_text_encoder=false
+    """
+    changes = parse_sets(set_)
+    if not changes:
+        raise typer.BadParameter("give at least one --set key=value", param_hint="--set")
+    job = Client.connect().edit(job_id, changes)
+    typer.echo(f"job {job_id} edited: " + ", ".join(f"{k}={safe_text(json.dumps(job['spec'].get(k)))}"
+                                                   for k in sorted(changes)))
 
 
 # -- the daemon --

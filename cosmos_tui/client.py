@@ -1,11 +1,11 @@
 """The daemon's socket protocol, for the CLI and the TUI alike.
 
 One short connection per call, so a Client can be shared by threads (the TUI calls it from worker
-threads). `watch()` keeps its own connection open and yields events until closed.
+threads); the TUI polls `jobs()` / `events()`.
 
     c = Client.connect()            # starts the daemon if none is running
     jid = c.submit({"prompt": "a cat"}, preset="tiny-cpu")
-    for ev in c.watch(jid): ...
+    c.job(jid)["state"]
 """
 
 from __future__ import annotations
@@ -17,17 +17,32 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from cosmos_tui import paths
 
 
 class DaemonError(RuntimeError):
-    """The daemon refused a request; the message is its one-sentence reason."""
+    """The daemon refused a request; the message is its one-sentence reason. `kind` is the
+    daemon's classification (cosmos_tui/daemon/framing.py): "refused", "unknown_op", "malformed",
+    "internal"; match on it (or on the subclasses), never on the sentence."""
+
+    def __init__(self, message: str, kind: str = "refused"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class DaemonNotRunning(DaemonError):
     """Nothing listens on the socket."""
+
+    def __init__(self, message: str, kind: str = "not_running"):
+        super().__init__(message, kind)
+
+
+class DaemonGone(DaemonNotRunning):
+    """The daemon went away (or hung up) before answering: it is stopping or died."""
+
+    def __init__(self, message: str, kind: str = "gone"):
+        super().__init__(message, kind)
 
 
 class Client:
@@ -90,14 +105,19 @@ class Client:
             with s.makefile("rb") as f:
                 line = f.readline()
         except (ConnectionResetError, BrokenPipeError):
-            raise DaemonNotRunning(f"the daemon went away while answering {op!r} (it may be stopping)") from None
+            raise DaemonGone(f"the daemon went away while answering {op!r} (it may be stopping)") from None
         finally:
             s.close()
         if not line:
-            raise DaemonError(f"the daemon closed the connection without answering {op!r}")
-        resp = json.loads(line)
-        if not resp.get("ok"):
-            raise DaemonError(resp.get("error") or f"{op} failed")
+            raise DaemonGone(f"the daemon closed the connection without answering {op!r}")
+        try:
+            resp = json.loads(line)
+        except ValueError:
+            raise DaemonError(f"the daemon answered {op!r} with something that is not JSON: {line[:80]!r}",
+                              "malformed") from None
+        if not isinstance(resp, dict) or not resp.get("ok"):
+            error = resp.get("error") if isinstance(resp, dict) else None
+            raise DaemonError(error or f"{op} failed", (resp.get("kind") if isinstance(resp, dict) else None) or "refused")
         return resp.get("result")
 
     # -- the API --
@@ -123,10 +143,10 @@ class Client:
                             cwd=os.getcwd(), partial=True)
 
     def jobs(self, states: list[str] | None = None) -> list[dict]:
-        return self.request("jobs", states=list(states) if states else None)
+        return [_job(j) for j in self.request("jobs", states=list(states) if states else None) or []]
 
     def job(self, id: int) -> dict:
-        return self.request("job", job=id)
+        return _job(self.request("job", job=id))
 
     def events(self, id: int, after: int = 0) -> list[dict]:
         return self.request("events", job=id, after=after)
@@ -156,6 +176,18 @@ class Client:
         its new place."""
         return self.request("move", job=id, offset=offset, to=to)
 
+    def remove(self, ids: list[int]) -> list[int]:
+        """Forget finished jobs (all of `ids` or none; their videos stay on disk); returns the ids."""
+        return self.request("remove", jobs=list(ids))
+
+    def clean(self, failed_only: bool = False) -> list[int]:
+        """Remove every finished job, or only the failed and interrupted ones; returns the ids."""
+        return self.request("clean", failed_only=failed_only)
+
+    def edit(self, id: int, changes: dict) -> dict:
+        """Change spec fields of a queued (or held) job, checked like a submit; returns the job."""
+        return _job(self.request("edit", job=id, set=changes))
+
     def queue(self) -> dict:
         return self.request("queue")
 
@@ -168,22 +200,16 @@ class Client:
     def shutdown(self, force: bool = False) -> str:
         return self.request("shutdown", force=force)
 
-    def watch(self, job: int | None = None, timeout: float | None = None) -> Iterator[dict]:
-        """Events as they happen (all jobs, or one). Blocks between events; `timeout` bounds each
-        wait (socket.timeout is raised). Close the generator to hang up."""
-        s = self._open(self.timeout)
-        try:
-            s.sendall((json.dumps({"op": "watch", "job": job}) + "\n").encode())
-            f = s.makefile("rb")
-            first = f.readline()
-            if not first or not json.loads(first).get("ok"):
-                raise DaemonError(f"watch refused: {first[:200]!r}")
-            s.settimeout(timeout)
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            s.close()
+
+def _job(data) -> dict:
+    """A job answer checked against the wire type, with every field present (defaults for the
+    ones an older daemon does not send)."""
+    from cosmos_tui.queue.job import Job, WireError
+
+    try:
+        return Job.from_wire(data).to_wire()
+    except WireError as err:
+        raise DaemonError(str(err), "malformed") from None
 
 
 def start_daemon(timeout: float = 60.0) -> list[str]:

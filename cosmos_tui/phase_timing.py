@@ -1,27 +1,20 @@
 """The daemon's side of phase-aware progress: what it learns from a job's phase events, and the ETAs
 it serves. The rules are in cosmos_tui/queue/eta.py; this module only connects them to the store.
 
-- `on_phase(store, job, ev)`: a phase event arrived. Its measured durations go into the store's
-  phase_stats (per model key, remembered across jobs); the job's `phase` column takes the event's
-  fields (what it is doing now), with `cold` once the job has loaded its engine.
+- `record_samples(store, job, ev)`: a phase event arrived. Its measured durations go into the store's
+  phase_stats (per model key, remembered across jobs). The job's `phase` column (what it is doing now)
+  is queue.core.apply's decision (queue/eta.phase_columns).
 - `queue_etas(store, ...)`: every running and queued job's ETA and the whole queue's, for the job
   dicts (`eta_s`, `eta_partial`, `phase`) and the queue response (`eta_s`, `eta_partial`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Iterable
 
 from cosmos_tui.queue import eta
 from cosmos_tui.queue.core import model_key
-
-# the fields of a phase event that say where the job is (the rest, like the build key, stays in the log)
-PHASE_FIELDS = ("phase", "state", "start", "end", "seconds", "chunk", "num_chunks", "generation",
-                "num_generations", "run", "runs", "video", "videos", "trials", "target", "component", "steps",
-                "partial")
-
 
 def where(ph: dict) -> str:
     """'chunk 2/6', 'generation 1/4', 'run 2/4', 'video 3/4, 5 trials': the unit a phase belongs to."""
@@ -51,36 +44,24 @@ def key_of(spec: dict) -> str:
     return eta.key_id(model_key(spec))
 
 
-def on_phase(store, job: int, ev: dict, warn=None) -> dict:
-    """Record a phase event of `job`; returns the job columns to update. Timings that can't be stored
-    are reported to `warn` and skipped: they only make later ETAs better, and must not stop the job."""
-    row = store.job(job)
-    if row is None:
-        return {}
-    key = key_of(row["spec"])
+def record_samples(store, job: int, ev: dict, warn=None) -> None:
+    """Fold a phase end event's measured durations into the store's phase_stats, under the job's model
+    key. Timings that can't be stored are reported to `warn` and skipped: they only make later ETAs
+    better, and must not stop the job."""
+    samples = eta.samples(ev)
+    if not samples:
+        return
     try:
-        for stat, seconds in eta.samples(ev):
+        row = store.job(job)
+        if row is None:
+            return
+        key = key_of(row["spec"])
+        for stat, seconds in samples:
             store.add_phase_sample(key, stat, seconds)
     except Exception as err:  # noqa: BLE001 - see the docstring
         if warn is not None:
             warn(f"could not store the phase timings of job {job} ({type(err).__name__}: {err}); "
                  f"ETAs of its model may be off")
-    prev = row.get("phase") or {}
-    now = {k: ev[k] for k in PHASE_FIELDS if k in ev}
-    built = ev.get("phase") == "loading" and ev.get("component") in (None, "pipeline")
-    now["cold"] = bool(prev.get("cold")) or built
-    cols = {"phase": json.dumps(now, default=str)}
-    if ev.get("phase") == "denoise" and ev.get("state") == "start":
-        cols["step"] = 0  # a new generation's steps start again; the last one's count is not this one's
-    return cols
-
-
-def on_started(ev: dict) -> dict:
-    """The engine's `started` says whether it already holds the job's model: the plan's first guess
-    (a load or not) until the first phase event."""
-    if not isinstance(ev.get("warm"), bool):
-        return {}
-    return {"phase": json.dumps({"cold": not ev["warm"]})}
 
 
 def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: Iterable[int] = (),
@@ -96,7 +77,7 @@ def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: It
         key = key_of(r["spec"])
         if r["state"] == "running":
             left = eta.remaining(r["spec"], stats.get(key, {}), r.get("phase"), now, r.get("step"),
-                                 r.get("sec_per_step"))
+                                 r.get("sec_per_step"), r.get("chunk") or r.get("generation"))
             running.append(eta.Running(r["id"], tuple(r.get("gpus") or ()), key, left, r["spec"]))
         else:
             queued.append(eta.Queued(r["id"], r["spec"], key, int(r.get("gpus_wanted") or 1),

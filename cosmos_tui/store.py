@@ -400,6 +400,34 @@ class Store:
             self._renumber(order)
         return new + 1
 
+    def set_spec(self, job_id: int, spec: dict) -> None:
+        """A queued job's edited spec, with the columns derived from it."""
+        with self._tx():
+            row = self.db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] != "queued":
+                raise ValueError(f"job {job_id} is not queued; only a queued job's spec can be changed")
+            self.db.execute(
+                "UPDATE jobs SET spec=?, mode=?, prompt=?, gpus_wanted=? WHERE id=?",
+                (json.dumps(spec), spec.get("mode", "video2world"), spec.get("prompt", ""),
+                 int(spec.get("num_gpus", 1)), job_id),
+            )
+
+    def remove(self, job_ids: Iterable[int]) -> None:
+        """Forget finished jobs: their rows, events, outputs and critic answers (not their files).
+        A later attempt keeps existing; it just no longer names the removed one."""
+        ids = list(job_ids)
+        marks = ",".join("?" * len(ids))
+        with self._tx():
+            states = {r["id"]: r["state"] for r in self.db.execute(f"SELECT id, state FROM jobs WHERE id IN ({marks})", ids)}
+            alive = [i for i in ids if states.get(i) not in TERMINAL]
+            if alive:
+                raise ValueError(f"job {alive[0]} is {states.get(alive[0], 'missing')}; only finished jobs can be removed")
+            self.db.execute(f"UPDATE jobs SET attempt_of=NULL WHERE attempt_of IN ({marks})", ids)
+            self.db.execute(f"UPDATE jobs SET after=NULL WHERE after IN ({marks})", ids)
+            for table in ("events", "outputs", "critic"):
+                self.db.execute(f"DELETE FROM {table} WHERE job IN ({marks})", ids)
+            self.db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids)
+
     def recover_interrupted(self) -> list[dict]:
         """Jobs left `running` by a daemon that died: mark them interrupted. Returns them (as they
         were, engine_pid included, so the caller can make sure their engines are gone)."""

@@ -1,224 +1,276 @@
-"""An in-memory stand-in for cosmos_tui.client.Client (the API in docs/CONTRACTS.md).
+"""An in-process stand-in for cosmos_tui.client.Client (the API in docs/CONTRACTS.md), built on
+the daemon itself so it cannot disagree with it.
 
-Jobs only move when a test says so (`start`, `step`, `finish`, `fail`), so TUI tests are fast and
-deterministic. Every call is recorded in `calls`. `down = True` makes every call fail the way a
-vanished daemon does (DaemonNotRunning). Log lines go to real files under `log_dir`, because the
-TUI tails log files, and GPUs come from a gpu.py backend (demo by default).
+Behind the client API is a real `cosmos_tui.daemon.service.Daemon` on a real job store, answered
+by the daemon's own request handlers (`framing.dispatch`, the same JSON round trip, the same
+refusals). What is missing is the socket and the engine processes: engines are stubs, and jobs
+only move when a test says so (`start`, `step`, `finish`, `fail`, `emit`), each turned into the
+engine events a real engine would send and fed to the daemon's `on_engine_event` (so the core's
+`apply` decides). `start` follows the core's `plan`: a job the daemon would not start now (queue
+order, held, after, paused, GPUs busy) is refused with an AssertionError.
+
+Every call is recorded in `calls`. `down = True` makes every call fail the way a vanished daemon
+does (DaemonNotRunning). Timestamps come from `clock`. All store work happens on one thread
+(sqlite connections belong to their thread; the TUI calls from worker threads).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
+import json
 import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 
-from cosmos_tui.client import DaemonError, DaemonNotRunning
+from cosmos_tui import paths
+from cosmos_tui.client import DaemonError, DaemonNotRunning, _job
 from cosmos_tui.gpu import DemoBackend
+from cosmos_tui.queue.core import Start, model_key, plan
 
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
+FAKE_PID = 4242
+
+
+class StubEngine:
+    """What the daemon knows of an engine, without a process: killing it is its exit."""
+
+    def __init__(self, daemon, key: tuple, gpus: list[int], pid: int):
+        self.daemon, self.key, self.gpus = daemon, key, list(gpus)
+        self.pid = pid
+        self.job: int | None = None
+        self.cancelling = False
+        self.dead = False
+        self.sent: list[dict] = []
+
+    def send(self, request: dict) -> None:
+        self.sent.append(request)
+
+    async def kill(self, grace: float = 0.0) -> None:
+        if not self.dead:
+            self.dead = True
+            await self.daemon.on_engine_exit(self, -15)
 
 
 class FakeClient:
     def __init__(self, log_dir: str | Path, gpu=None, clock=lambda: 1_700_000_000.0):
-        self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        from cosmos_tui.daemon.service import Daemon
+        from cosmos_tui.store import Store
+
+        # the directory jobs are submitted from, with the spec's default input as a project has it
+        self.work = Path(log_dir).parent / "work"
+        default_input = self.work / "assets" / "video2world" / "input0.jpg"
+        default_input.parent.mkdir(parents=True, exist_ok=True)
+        default_input.write_bytes(b"\xff\xd8\xff fake jpeg")
         self.gpu = gpu or DemoBackend(2)
         self.clock = clock
         self.down = False
-        self.paused = False
-        self.pause_reason: str | None = None
         self.calls: list[tuple] = []
-        self._jobs: dict[int, dict] = {}
-        self._order: list[int] = []  # queued jobs, in queue order
-        self._events: dict[int, list[dict]] = {}
-        self._seq = 0
-        self._lock = threading.Lock()  # the TUI calls from worker threads
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-daemon")
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._pids = itertools.count(50_000)  # per fake, so logs that name an engine read the same each run
+
+        def make():
+            paths.ensure_home()
+            return Daemon(Store(paths.db_path()), gpu=self.gpu, clock=clock)
+
+        self.daemon = self._pool.submit(make).result()
+        # the daemon's thread and loop go when the fake does
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     # -- plumbing --
 
-    def _call(self, name, *args):
-        self.calls.append((name, *args))
+    def _on_daemon(self, fn, *args):
+        """Run fn(*args) (a coroutine function or not) on the daemon's thread and loop."""
+        async def call():
+            result = fn(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            for _ in range(3):  # let what it started (an engine kill) run
+                await asyncio.sleep(0)
+            return result
+
+        with self._lock:
+            return self._pool.submit(lambda: self._loop.run_until_complete(call())).result()
+
+    def _request(self, name: str, recorded: tuple, op: str, **fields):
+        from cosmos_tui.daemon.framing import dispatch
+
+        self.calls.append((name, *recorded))
         if self.down:
             raise DaemonNotRunning("no cosmos-tui daemon is running (fake daemon is down)")
+        resp = json.loads(json.dumps(self._on_daemon(dispatch, self.daemon, {"op": op, **fields}), default=str))
+        if not resp.get("ok"):
+            raise DaemonError(resp.get("error") or f"{op} failed", resp.get("kind") or "refused")
+        return resp.get("result")
 
-    def _job(self, id: int) -> dict:
-        if id not in self._jobs:
-            raise DaemonError(f"job {id} does not exist")
-        return self._jobs[id]
-
-    def log(self, id: int, text: str) -> None:
-        with open(self._jobs[id]["log_path"], "a", encoding="utf-8") as f:
-            f.write(text + "\n")
-
-    def emit(self, id: int, event: str, **fields) -> dict:
-        self._seq += 1
-        ev = {"event": event, "job": id, "t": self.clock(), **fields, "seq": self._seq}
-        self._events.setdefault(id, []).append(ev)
-        return ev
+    def _fix_created(self, ids: list[int]) -> None:
+        # the store stamps new jobs with the wall clock; the fake's clock is the test's
+        self._on_daemon(lambda: [self.daemon.store.update(i, created=self.clock()) for i in ids])
 
     # -- the client API --
 
     def ping(self) -> dict:
-        self._call("ping")
-        return {"pong": True, "pid": 4242, "protocol": 1, "home": str(self.log_dir), "warnings": []}
+        return {**self._request("ping", (), "ping"), "pid": FAKE_PID}
 
-    def submit(self, spec: dict, preset: str | None = None, priority: int = 0) -> int:
-        self._call("submit", spec, preset)
-        return self._add(spec, preset)
-
-    def submit_batch(self, specs: list[dict], preset: str | None = None, priority: int = 0, base=None) -> list[int]:
-        self._call("submit_batch", specs, preset)
-        return [self._add({**(base or {}), **s}, preset) for s in specs]
-
-    def _add(self, spec: dict, preset: str | None, attempt_of: int | None = None) -> int:
-        from cosmos_tui.presets import load_preset
-
-        with self._lock:
-            full = dict(spec)
-            if preset:
-                full = {**load_preset(preset).spec.model_dump(mode="json"), **spec}
-            jid = max(self._jobs, default=0) + 1
-            mode = full.get("mode", "video2world")
-            self._jobs[jid] = {
-                "id": jid, "state": "queued", "mode": mode, "preset": preset, "prompt": full.get("prompt", ""),
-                "spec": full, "created": self.clock(), "started": None, "finished": None, "step": None,
-                "total_steps": None, "chunk": None,
-                "num_chunks": full.get("num_chunks") if mode == "lvg" else None, "generation": None,
-                "num_generations": full.get("num_generations") if mode == "bestofn" else None,
-                "sec_per_step": None, "eta_s": None, "gpus": [], "gpus_wanted": full.get("num_gpus", 1),
-                "peak_mem": None, "error": None, "reason": None, "outputs": [], "critic": [],
-                "attempt_of": attempt_of, "log_path": str(self.log_dir / f"job-{jid}.log"), "cwd": None,
-                "place": None, "wait_reason": None,
-            }
-            self._order.append(jid)
-        self.log(jid, f"job {jid} queued" + (f" from preset {preset}" if preset else ""))
+    def submit(self, spec: dict, preset: str | None = None, priority: int = 0, after: int | None = None) -> int:
+        jid = self._request("submit", (spec, preset), "submit", spec=spec, preset=preset, priority=priority,
+                            after=after, cwd=str(self.work))
+        self._fix_created([jid])
         return jid
 
+    def submit_batch(self, specs: list[dict], preset: str | None = None, priority: int = 0, base=None) -> list[int]:
+        ids = self._request("submit_batch", (specs, preset), "submit_batch", specs=specs, preset=preset,
+                            priority=priority, base=base or {}, cwd=str(self.work))
+        self._fix_created(ids)
+        return ids
+
+    def submit_batch_partial(self, specs: list[dict], preset: str | None = None, priority: int = 0, base=None) -> dict:
+        got = self._request("submit_batch", (specs, preset), "submit_batch", specs=specs, preset=preset,
+                            priority=priority, base=base or {}, cwd=str(self.work), partial=True)
+        self._fix_created(got["ids"])
+        return got
+
     def jobs(self, states=None) -> list[dict]:
-        self._call("jobs", states)
-        with self._lock:
-            queued = [self._jobs[i] for i in self._order]
-            rest = sorted((j for j in self._jobs.values() if j["state"] != "queued"), key=lambda j: -j["id"])
-            out = [dict(j) for j in queued + rest if not states or j["state"] in states]
-        for place, j in enumerate((j for j in out if j["state"] == "queued"), 1):
-            j["place"] = place
-            j["wait_reason"] = "queue paused" if self.paused else f"number {place} in the queue"
-        return out
+        return [_job(j) for j in self._request("jobs", (states,), "jobs", states=list(states) if states else None)]
 
     def job(self, id: int) -> dict:
-        self._call("job", id)
-        return dict(self._job(id))
+        return _job(self._request("job", (id,), "job", job=id))
 
     def events(self, id: int, after: int = 0) -> list[dict]:
-        self._call("events", id, after)
-        self._job(id)
-        return [e for e in self._events.get(id, []) if e["seq"] > after]
+        return self._request("events", (id, after), "events", job=id, after=after)
 
     def cancel(self, id: int) -> str:
-        self._call("cancel", id)
-        job = self._job(id)
-        if job["state"] in TERMINAL:
-            raise DaemonError(f"job {id} is already {job['state']}; nothing to cancel")
-        self._end(id, "cancelled", error="cancelled by the user", reason="cancelled")
-        return "cancelled"
+        return self._request("cancel", (id,), "cancel", job=id)
 
     def retry(self, id: int) -> int:
-        self._call("retry", id)
-        job = self._job(id)
-        if job["state"] not in TERMINAL:
-            raise DaemonError(f"job {id} is {job['state']}; only finished, failed, cancelled or interrupted jobs can be retried")
-        new = self._add(job["spec"], job["preset"], attempt_of=id)
-        self._order.remove(new)
-        self._order.insert(0, new)
+        new = self._request("retry", (id,), "retry", job=id)
+        self._fix_created([new])
         return new
 
     def pause(self, reason: str | None = None) -> dict:
-        self._call("pause", reason)
-        self.paused, self.pause_reason = True, reason or "paused by the user"
-        return self.queue()
+        return self._request("pause", (reason,), "pause", reason=reason)
 
     def resume(self) -> dict:
-        self._call("resume")
-        self.paused, self.pause_reason = False, None
-        return self.queue()
+        return self._request("resume", (), "resume")
+
+    def hold(self, id: int) -> bool:
+        return self._request("hold", (id,), "hold", job=id)
+
+    def release(self, id: int) -> bool:
+        return self._request("release", (id,), "release", job=id)
 
     def move(self, id: int, offset: int = 0, to: int | None = None) -> int:
-        self._call("move", id, offset)
-        if id not in self._order:
-            raise DaemonError(f"job {id} is not queued; only queued jobs can be moved")
-        old = self._order.index(id)
-        new = max(0, min(len(self._order) - 1, (to - 1) if to is not None else old + offset))
-        self._order.pop(old)
-        self._order.insert(new, id)
-        return new + 1
+        return self._request("move", (id, offset), "move", job=id, offset=offset, to=to)
+
+    def remove(self, ids: list[int]) -> list[int]:
+        return self._request("remove", (list(ids),), "remove", jobs=list(ids))
+
+    def clean(self, failed_only: bool = False) -> list[int]:
+        return self._request("clean", (failed_only,), "clean", failed_only=failed_only)
+
+    def edit(self, id: int, changes: dict) -> dict:
+        return _job(self._request("edit", (id, changes), "edit", job=id, set=changes))
 
     def queue(self) -> dict:
-        self._call("queue")
-        counts: dict[str, int] = {}
-        for j in self._jobs.values():
-            counts[j["state"]] = counts.get(j["state"], 0) + 1
-        return {"paused": self.paused, "reason": self.pause_reason, "counts": counts, "engines": [],
-                "gpu_backend": getattr(self.gpu, "kind", "?"), "gpu_count": getattr(self.gpu, "count", 0),
-                "warnings": []}
+        return self._request("queue", (), "queue")
 
     def gpus(self) -> list[dict]:
-        self._call("gpus")
-        owners = {g: j["id"] for j in self._jobs.values() if j["state"] == "running" for g in j["gpus"]}
-        return [{**g, "job": owners.get(g["index"]), "engine": "busy" if g["index"] in owners else None}
-                for g in self.gpu.list()]
+        return self._request("gpus", (), "gpus")
 
     def log_path(self, id: int) -> str:
-        self._call("log_path", id)
-        return self._job(id)["log_path"]
+        return self._request("log_path", (id,), "log_path", job=id)
 
     def shutdown(self, force: bool = False) -> str:
-        self._call("shutdown", force)
+        # the real one stops the daemon's process; the fake's daemon has none to stop
+        self.calls.append(("shutdown", force))
         return "stopping"
 
-    # -- what the tests drive --
+    # -- what the tests drive: the engine's side --
 
-    def start(self, id: int, gpus=(0,)) -> None:
-        job = self._jobs[id]
-        self._order.remove(id)
-        total = job["spec"].get("num_steps", 35)
-        job.update(state="running", started=self.clock(), gpus=list(gpus), step=0, total_steps=total)
-        self.emit(id, "started", mode=job["mode"], spec=job["spec"])
-        self.log(id, f"started {{\"mode\": \"{job['mode']}\"}}")
+    def log(self, id: int, text: str) -> None:
+        """A line in the job's log file, as the engine's stderr writes it there (no time stamp)."""
+        self._on_daemon(self.daemon._append, paths.job_log_path(id), text)
 
-    def step(self, id: int, seconds: float = 0.5, memory: int | None = None, chunk=None, generation=None) -> None:
-        job = self._jobs[id]
-        job["step"] = (job["step"] or 0) + 1
-        if chunk is not None:
-            job["chunk"] = chunk
-        if generation is not None:
-            job["generation"] = generation
-        job["sec_per_step"] = seconds
-        job["eta_s"] = (job["total_steps"] - job["step"]) * seconds
-        self.emit(id, "step", step=job["step"], total=job["total_steps"], seconds=seconds)
-        self.log(id, f"step {job['step']}/{job['total_steps']} ({seconds:.2f} s)")
+    def emit(self, id: int, event: str, **fields) -> None:
+        """An engine event of job `id`'s engine, as it would arrive on the engine's stdout."""
+        def deliver():
+            eng = next((e for e in self.daemon.engines if e.job == id), None)
+            if eng is None:
+                raise AssertionError(f"job {id} is not running: no engine would send its {event!r} event")
+            self.daemon.on_engine_event(eng, {"event": event, "job": id, "t": self.clock(), **fields})
+
+        self._on_daemon(deliver)
+
+    def start(self, id: int, gpus=None) -> None:
+        """Start job `id` as the daemon's scheduler would (on `gpus`, else where plan() puts it)."""
+        self._on_daemon(self._start, id, None if gpus is None else tuple(gpus))
+        row = self._on_daemon(self.daemon.store.job, id)
+        self.emit(id, "started", mode=row["mode"], spec=row["spec"], engine_pid=row["engine_pid"])
+
+    def _start(self, id: int, gpus: tuple | None) -> None:
+        d = self.daemon
+        states = {j["id"]: j["state"] for j in d.store.jobs()}
+        queued = d.store.queued()
+        decisions = plan(queued, list(range(d.gpu_count)), d.engine_views(), paused=d.paused,
+                         done={i for i, s in states.items() if s == "done"})
+        start = next((x for x in decisions if isinstance(x, Start) and x.job_id == id), None)
+        if start is None:
+            raise AssertionError(f"the daemon would not start job {id} now (state {states.get(id)}, paused "
+                                 f"{d.paused}); its plan is {decisions}")
+        row = next(j for j in queued if j["id"] == id)
+        gpus = gpus or start.gpus
+        busy = {g for e in d.engines if e.job is not None for g in e.gpus}
+        if len(gpus) != row["gpus_wanted"] or set(gpus) & busy:
+            raise AssertionError(f"job {id} wants {row['gpus_wanted']} free GPU(s); {gpus} are not (busy: {busy})")
+        key = model_key(row["spec"])
+        eng = next((e for e in d.engines if e.job is None and e.key == key and tuple(e.gpus) == tuple(gpus)), None)
+        if eng is None:
+            for idle in [e for e in d.engines if e.job is None and set(e.gpus) & set(gpus)]:
+                d.engines.remove(idle)  # evicted, as _carry_out does
+            eng = StubEngine(d, key, list(gpus), next(self._pids))
+            d.engines.append(eng)
+        d.start_job(row, eng)
+
+    def step(self, id: int, seconds: float = 0.5, memory: int | None = None, chunk=None, generation=None,
+             total: int | None = None) -> None:
+        row = self._on_daemon(self.daemon.store.job, id)
+        total = total or row["total_steps"] or row["spec"].get("num_steps", 35)
+        fields = {"step": (row["step"] or 0) + 1, "total": total, "seconds": seconds}
+        fields.update({k: v for k, v in (("chunk", chunk), ("generation", generation)) if v is not None})
+        self.emit(id, "step", **fields)
         if memory is not None:
-            job["peak_mem"] = max(memory, job["peak_mem"] or 0)
-            self.emit(id, "memory", allocated=memory, reserved=memory, peak=job["peak_mem"], device=0)
+            self.emit(id, "memory", allocated=memory, reserved=memory, peak=memory, device=0)
 
     def finish(self, id: int, outputs: list[str] = (), kinds: list[str] | None = None) -> None:
-        job = self._jobs[id]
-        job["outputs"] = [{"path": p, "kind": (kinds[i] if kinds else "video")} for i, p in enumerate(outputs)]
-        self._end(id, "done")
+        for i, p in enumerate(outputs):
+            self.emit(id, "output", path=p, kind=kinds[i] if kinds else "video")
         self.emit(id, "finished", outputs=list(outputs), seconds=1.0)
 
     def fail(self, id: int, error: str, reason: str = "crash") -> None:
-        self._end(id, "failed", error=error, reason=reason)
+        self.emit(id, "failed", error=error, reason=reason)
 
-    def _end(self, id: int, state: str, error: str | None = None, reason: str | None = None) -> None:
-        job = self._jobs[id]
-        if id in self._order:
-            self._order.remove(id)
-        job.update(state=state, finished=self.clock(), error=error, reason=reason, eta_s=None)
-        if job["started"] is None and state != "cancelled":
-            job["started"] = self.clock()
-        self.log(id, f"{state}" + (f": {error}" if error else ""))
+    def crash_daemon(self) -> None:
+        """The daemon killed and started again: running jobs become interrupted, the queue pauses."""
+        def crash():
+            self.daemon.engines.clear()
+            self.daemon.recover()
+
+        self._on_daemon(crash)
+
+    def set_outputs(self, id: int, outputs: list[dict]) -> None:
+        """Replace a finished job's outputs (scaffolding: a test pointing a job at a real video)."""
+        def put():
+            with self.daemon.store._tx():
+                self.daemon.store.db.execute("DELETE FROM outputs WHERE job=?", (id,))
+            for o in outputs:
+                self.daemon.store.add_output(id, o["path"], o.get("kind", "video"))
+
+        self._on_daemon(put)
 
 
 def screen_text(app) -> str:

@@ -15,7 +15,7 @@ from textual._compositor import CompositorUpdate
 
 from cosmos_tui.app import CosmosApp
 from test_app import _write_video, wait_for
-from test_app_snapshots import T0, frozen_gpus, world  # noqa: F401  (fixtures)
+from test_app_snapshots import T0, frozen_gpus, utc, world  # noqa: F401  (fixtures)
 
 POLLS = 10
 STATIC_BUDGET = 2_000
@@ -94,7 +94,7 @@ async def test_a_static_screen_stays_within_the_redraw_budget(world, meter, what
     world.fake.cancel(world.running)  # nothing moves
     video = world.tmp / "done.mp4"
     _write_video(video)
-    world.fake._jobs[world.done]["outputs"] = [{"path": str(video), "kind": "video"}]
+    world.fake.set_outputs(world.done, [{"path": str(video), "kind": "video"}])
     app = _app(world.fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await _open(pilot, what, world)
@@ -103,7 +103,7 @@ async def test_a_static_screen_stays_within_the_redraw_budget(world, meter, what
 
 
 async def test_a_queue_with_one_running_job_redraws_only_that_row(world, meter):
-    world.fake._jobs[world.running]["total_steps"] = 100
+    world.fake.step(world.running, 0.5, total=100)
     app = _app(world.fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await _open(pilot, "queue", world)

@@ -35,7 +35,19 @@ def frozen_gpus(monkeypatch):
 
 
 @pytest.fixture
-def world(cosmos_home, frozen_gpus):
+def utc(monkeypatch):
+    """Job logs stamp lines with the local time of the fake's clock: the same in every time zone."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def world(cosmos_home, frozen_gpus, utc):
     """A queue with one job of each kind of state, a running job with steps, a best-of-N result.
     Files go under the per-test home, whose path has a fixed length (pytest's tmp_path varies with
     xdist), so text wraps the same way in every run."""
@@ -54,6 +66,7 @@ def world(cosmos_home, frozen_gpus):
     failed = fake.submit({"prompt": "too big"}, preset="2b-720p16")
     fake.start(failed)
     fake.fail(failed, "CUDA out of memory: 2.0 GiB more were needed; try 480p or offloading", "oom")
+    fake.resume()  # an OOM pauses the queue (as the daemon does); the user resumed it
     running = fake.submit({"prompt": "a fox runs through tall grass in the morning light"}, preset="tiny-cpu")
     fake.start(running, gpus=(0,))
     fake.step(running, 0.5, memory=2 * 1024**3)
@@ -65,7 +78,8 @@ def world(cosmos_home, frozen_gpus):
 
 
 def normalise(text: str, tmp: Path) -> str:
-    return text.replace(str(tmp), "<tmp>").replace(str(ROOT), "<repo>")
+    # the job logs live in the per-test cosmos-tui home, tmp's parent
+    return text.replace(str(tmp), "<tmp>").replace(str(tmp.parent), "<home>").replace(str(ROOT), "<repo>")
 
 
 def make_app(fake):

@@ -208,3 +208,43 @@ def test_hold_release_and_after(daemon, wait_until):
     wait_until(lambda: daemon.job(f)["state"] == "failed", what="the chain of dependents to fail")
     assert daemon.job(e)["reason"] == daemon.job(f)["reason"] == "dependency"
     assert cli("submit", "--set", "prompt=g", "--after", d, ok=False).exit_code == 2
+
+
+def test_submit_takes_the_seed_scripts_own_flags(daemon, tmp_path, monkeypatch):
+    daemon.pause()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jpg").write_bytes(b"jpeg")
+    res = cli("submit", "--model_size", "2B", "--input_path", "x.jpg", "--prompt", "a red kite", "--num_gpus", "1",
+              "--offload_text_encoder", "--seed", "7", "--json")
+    (jid,) = json.loads(res.output)
+    spec = daemon.job(jid)["spec"]
+    assert (spec["model_size"], spec["input_path"], spec["prompt"], spec["seed"]) == ("2B", "x.jpg", "a red kite", 7)
+    assert spec["offload_text_encoder"] is True
+    # with a preset: the flags given override it, the rest is the preset's; --set wins over a flag
+    res = cli("submit", "tiny-cpu", "--prompt", "from flags", "--seed", "1", "--set", "seed=2", "--json")
+    spec = daemon.job(json.loads(res.output)[0])["spec"]
+    assert spec["model_size"] == "tiny" and spec["prompt"] == "from flags" and spec["seed"] == 2
+    bad = cli("submit", "--model_size", "3B", ok=False)
+    assert bad.exit_code == 2 and "model_size" in bad.output and "invalid choice" in bad.output
+    assert cli("submit", "--no_such_flag", "1", ok=False).exit_code == 2
+
+
+def test_remove_clean_and_edit(daemon, tmp_path, wait_until):
+    daemon.pause()
+    a = daemon.submit({"prompt": "a", "save_path": str(tmp_path / "a.mp4")})
+    b = daemon.submit({"prompt": "b", "save_path": str(tmp_path / "b.mp4")})
+    res = cli("edit", a, "--set", "num_steps=2", "--set", "prompt=edited")
+    assert "num_steps=2" in res.output and daemon.job(a)["prompt"] == "edited"
+    bad = cli("edit", a, "--set", "num_steps=0", ok=False)
+    assert bad.exit_code == 2 and "num_steps" in bad.output
+    bad = cli("remove", a, ok=False)
+    assert bad.exit_code == 2 and f"job {a} is queued; only finished jobs can be removed" in bad.output
+    cli("cancel", b)
+    daemon.resume()
+    wait_until(lambda: daemon.job(a)["state"] == "done", what="job a to finish")
+    bad = cli("edit", a, "--set", "seed=1", ok=False)
+    assert bad.exit_code == 2 and "only a queued job can be edited" in bad.output
+    assert cli("clean", "--failed-only").output.strip() == "nothing to clean"
+    assert cli("remove", b).output.strip() == f"removed job(s) {b}"
+    assert cli("clean").output.strip() == f"removed job(s) {a}"
+    assert daemon.jobs() == [] and (tmp_path / "a.mp4").is_file()  # the video stays

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, make_default_input, pid_alive, stop_daemon
 from cosmos_tui.client import Client, DaemonError, start_daemon
-from cosmos_tui.daemon import linger_warning
+from cosmos_tui.daemon.linger import linger_warning
 
 
 def wait_state(client, jid, states, wait_until, timeout=60):
@@ -239,28 +239,12 @@ def test_move_and_priority_order_the_queue(daemon):
     assert order() == [c, b, urgent, a]
 
 
-def test_watch_streams_events_and_state_changes(daemon, tmp_path, wait_until):
-    seen = []
-    ready = threading.Event()
-
-    def watcher():
-        gen = daemon.watch(timeout=60)
-        ready.set()
-        for ev in gen:
-            seen.append(ev)
-            if ev["event"] == "state" and ev["state"] == "done":
-                gen.close()
-                return
-
-    t = threading.Thread(target=watcher, daemon=True)
-    t.start()
-    ready.wait(10)
-    wait_until(lambda: daemon.queue() is not None)  # the watch is registered by the time a request answers
-    jid = daemon.submit({"prompt": "watched", "save_path": str(tmp_path / "w.mp4")})
-    t.join(60)
-    kinds = [(e["event"], e.get("state")) for e in seen if e.get("job") == jid]
-    assert ("state", "queued") in kinds and ("state", "running") in kinds and ("state", "done") in kinds
-    assert ("step", None) in kinds and ("finished", None) in kinds
+def test_an_engine_built_with_another_offload_flag_is_not_reused(daemon, tmp_path, wait_until):
+    a = daemon.submit({"prompt": "one", "save_path": str(tmp_path / "1.mp4"), "offload_text_encoder": True})
+    wait_state(daemon, a, "done", wait_until)
+    b = daemon.submit({"prompt": "two", "save_path": str(tmp_path / "2.mp4"), "offload_text_encoder": False})
+    wait_state(daemon, b, "done", wait_until)
+    assert started_event(daemon, a, wait_until)["engine_pid"] != started_event(daemon, b, wait_until)["engine_pid"]
 
 
 def test_gpus_report_demo_inventory_and_holders(daemon, wait_until):
@@ -406,3 +390,31 @@ def test_two_gpu_job_runs_under_torchrun(cosmos_home, monkeypatch, tmp_path, wai
         assert [e["step"] for e in steps] == list(range(1, job["total_steps"] + 1))  # one voice: rank 0
     finally:
         stop_daemon(cosmos_home)
+
+
+def test_a_daemon_that_hangs_up_without_answering_is_a_typed_error(cosmos_home):
+    """The TUI tells "the daemon is gone" from "the daemon said no" by type, not by the sentence."""
+    from cosmos_tui.app import _is_transport_error
+    from cosmos_tui.client import DaemonGone, DaemonNotRunning
+
+    path = cosmos_home / "hangup.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def hang_up():
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.close()
+
+    t = threading.Thread(target=hang_up)
+    t.start()
+    try:
+        with pytest.raises(DaemonGone) as caught:
+            Client(path, timeout=30).request("ping")
+    finally:
+        t.join(10)
+        server.close()
+    assert isinstance(caught.value, DaemonNotRunning) and caught.value.kind == "gone"
+    assert _is_transport_error(caught.value)
+    assert not _is_transport_error(DaemonError("job 3 does not exist"))

@@ -16,6 +16,7 @@ import pytest
 from conftest import FAKE_ENGINE, pid_alive
 from cosmos_tui import paths
 from cosmos_tui.client import Client
+from cosmos_tui.daemon.handlers import op_queue, op_submit
 from cosmos_tui.store import Store
 
 
@@ -28,7 +29,7 @@ async def _until(pred, timeout=60.0, what="condition"):
 
 
 def _in_process_daemon():
-    from cosmos_tui.daemon import Daemon
+    from cosmos_tui.daemon.service import Daemon
 
     paths.ensure_home()
     return Daemon(Store(paths.db_path()))
@@ -50,10 +51,10 @@ def test_a_failing_event_write_fails_the_job_and_the_next_job_runs(fake_engine_e
         nonlocal a
         sched = asyncio.create_task(d.schedule_loop())
         try:
-            a = d.op_submit({"spec": {"prompt": "first", "save_path": str(tmp_path / "a.mp4")}})
-            b = d.op_submit({"spec": {"prompt": "second", "save_path": str(tmp_path / "b.mp4")}})
+            a = op_submit(d, {"spec": {"prompt": "first", "save_path": str(tmp_path / "a.mp4")}})
+            b = op_submit(d, {"spec": {"prompt": "second", "save_path": str(tmp_path / "b.mp4")}})
             await _until(lambda: d.store.job(b)["state"] == "done", what="job b to run after job a's failure")
-            ja = d.job_dict(d.store.job(a))
+            ja = d.job_wire(d.store.job(a))
             assert ja["state"] == "failed"
             assert ja["reason"] == "crash" and "No space left on device" in ja["error"]
         finally:
@@ -80,13 +81,13 @@ def test_a_failing_state_write_still_frees_the_engine_and_shows_the_failure(fake
         nonlocal a
         sched = asyncio.create_task(d.schedule_loop())
         try:
-            a = d.op_submit({"spec": {"prompt": "first", "save_path": str(tmp_path / "a.mp4")}})
-            b = d.op_submit({"spec": {"prompt": "second", "save_path": str(tmp_path / "b.mp4")}})
+            a = op_submit(d, {"spec": {"prompt": "first", "save_path": str(tmp_path / "a.mp4")}})
+            b = op_submit(d, {"spec": {"prompt": "second", "save_path": str(tmp_path / "b.mp4")}})
             await _until(lambda: d.store.job(b)["state"] == "done", what="job b to run")
-            ja = d.job_dicts()
+            ja = d.jobs_wire()
             ja = next(j for j in ja if j["id"] == a)
             assert ja["state"] in ("done", "failed") and "No space left on device" in (ja["error"] or "")
-            assert any("No space left on device" in w for w in d.op_queue({})["warnings"])
+            assert any("No space left on device" in w for w in op_queue(d, {})["warnings"])
         finally:
             await d.shutdown("test over")
             sched.cancel()

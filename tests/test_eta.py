@@ -119,6 +119,9 @@ def test_unmeasured_phases_make_a_partial_lower_bound_and_the_jobs_own_step_time
     own = eta.remaining(spec, {}, phase, now=0.0, step=1, sec_per_step=2.0)
     assert own.seconds == 4 * 2.0 and own.partial and own.missing == {"vae_decode", "writing"}
     assert not eta.remaining(spec, STATS, phase, now=0.0, step=1).partial
+    # an engine that reports steps but no phases: taken to be in the denoise of its chunk
+    lvg = {"mode": "lvg", "num_chunks": 3, "num_steps": 4, **PLAIN}
+    assert eta.remaining(lvg, STATS, None, now=0.0, step=1, unit=2) == Estimate(4 * 2.0 + 3.0 + 0.75 + GEN(4) + 0.75)
 
 
 def test_queue_eta_lays_jobs_on_gpus_in_order():
@@ -164,7 +167,9 @@ def test_queue_eta_leaves_out_held_paused_and_dependent_jobs():
     q = eta.queue_eta([], [Queued(1, spec, a), Queued(2, spec, a, after=1)], [0], {a: STATS}, warm={0: a})
     assert q.jobs[2] == Estimate(2 * one)  # after job 1: counted once it is in the plan
     q = eta.queue_eta([Running(7, (0,), a, Estimate(5.0))], [Queued(1, spec, a)], [0], {a: STATS}, paused=True)
-    assert q.jobs[1] is None and q.total == Estimate(5.0)
+    assert q.jobs[1] is None and q.total is None  # a paused queue does not finish by itself
+    q = eta.queue_eta([Running(7, (0,), a, Estimate(5.0))], [], [0], {a: STATS}, paused=True)
+    assert q.total == Estimate(5.0)  # paused with nothing queued: the running job's end is the queue's
     assert eta.queue_eta([], [], [0], {}).total is None
     # a model never measured: partial, and the queue's total says so
     q = eta.queue_eta([], [Queued(1, spec, eta.key_id(("14B",)))], [0], {a: STATS})

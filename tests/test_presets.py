@@ -9,7 +9,7 @@ from engine.spec import GenerationSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.stem for p in (ROOT / "presets").glob("*.toml"))
-EXPECTED = {"2b-720p16", "2b-480p10", "14b-720p16-offload", "lvg-6chunks", "bestofn-4x5", "2b-natten", "tiny-cpu"}
+EXPECTED = {"2b-720p16", "2b-480p10", "14b-720p16-offload", "lvg-6chunks", "bestofn-4x5", "2b-natten", "2b-natten-fast", "tiny-cpu"}
 
 
 @pytest.fixture(autouse=True)

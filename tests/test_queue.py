@@ -14,7 +14,7 @@ from cosmos_tui.store import Store
 
 
 def test_the_queue_package_imports_no_asyncio_sockets_textual_or_torch():
-    code = ("import sys, cosmos_tui.queue.state, cosmos_tui.queue.resolve, cosmos_tui.queue.core\n"
+    code = ("import sys, cosmos_tui.queue.state, cosmos_tui.queue.resolve, cosmos_tui.queue.core, cosmos_tui.queue.job\n"
             "print(' '.join(m for m in ('asyncio', 'socket', 'textual', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cosmos_tui.queue.core import EngineView, Evict, Start, dependency_failed, model_key, plan, waiting_on
 
 
@@ -73,3 +75,91 @@ def test_a_dependency_that_failed_or_was_cancelled_fails_the_dependent():
     assert dependency_failed(dependent, {1: "failed"}) and dependency_failed(dependent, {1: "cancelled"})
     assert not dependency_failed(dependent, {1: "running"}) and not dependency_failed(job(3), {})
     assert waiting_on(dependent, set()) == "after job 1" and waiting_on({**job(1), "held": 1}, set()) == "held"
+
+
+# -- apply(): what an engine event does to a job --
+
+from cosmos_tui.queue.core import CANCELLED_ERROR, Decision, apply, wait_reason  # noqa: E402
+from cosmos_tui.queue.job import Job, WireError  # noqa: E402
+
+RUNNING = {"id": 4, "state": "running", "sec_per_step": None, "peak_mem": None}
+
+
+def test_a_step_stores_progress_and_a_running_mean_of_step_time():
+    first = apply(RUNNING, {"event": "step", "job": 4, "step": 1, "total": 10, "seconds": 2.0, "chunk": 2})
+    assert first == Decision(columns={"step": 1, "total_steps": 10, "chunk": 2, "sec_per_step": 2.0})
+    # 0.7 * 2.0 + 0.3 * 1.0: both sides compute the same expression, so equality is exact
+    later = apply({**RUNNING, "sec_per_step": 2.0}, {"event": "step", "step": 2, "total": 10, "seconds": 1.0})
+    assert later.columns["sec_per_step"] == 0.7 * 2.0 + 0.3 * 1.0
+    assert later.state is None and not later.frees_engine
+
+
+def test_memory_keeps_the_peak_and_outputs_are_listed():
+    assert apply({**RUNNING, "peak_mem": 500}, {"event": "memory", "peak": 300}).columns == {"peak_mem": 500}
+    assert apply(RUNNING, {"event": "output", "path": "/o/a.mp4"}).outputs == (("/o/a.mp4", "video"),)
+    assert apply(RUNNING, {"event": "critic", "score": 3}).critic
+    assert apply(RUNNING, {"event": "log", "message": "hi"}) == Decision()
+
+
+def test_finished_makes_the_job_done_and_frees_the_engine():
+    d = apply(RUNNING, {"event": "finished", "t": 9.0, "outputs": ["/o/a.mp4"]})
+    assert d.state == "done" and d.state_columns == {"finished": 9.0} and d.frees_engine
+    assert d.outputs == (("/o/a.mp4", "video"),) and not d.restart_engine and d.pause is None
+
+
+def test_an_oom_fails_the_job_restarts_the_engine_and_pauses_the_queue():
+    d = apply(RUNNING, {"event": "failed", "t": 5.0, "reason": "oom", "error": "CUDA out of memory"})
+    assert d.state == "failed" and d.frees_engine and d.restart_engine
+    assert d.state_columns == {"finished": 5.0, "error": "CUDA out of memory", "reason": "oom"}
+    assert d.pause.startswith("job 4 ran out of GPU memory")
+    crash = apply(RUNNING, {"event": "failed", "t": 5.0, "error": "boom"})
+    assert crash.state_columns["reason"] == "crash" and not crash.restart_engine and crash.pause is None
+
+
+def test_a_cancelled_failure_cancels_and_the_kill_decides_while_cancelling():
+    d = apply(RUNNING, {"event": "failed", "t": 1.0, "reason": "cancelled"})
+    assert d.state == "cancelled" and d.state_columns["error"] == CANCELLED_ERROR
+    # while the daemon kills the engine, its last word is not even stored: the exit records the cancel
+    assert apply(RUNNING, {"event": "finished"}, cancelling=True) == Decision(record=False)
+    assert apply(RUNNING, {"event": "step", "step": 1, "total": 2}, cancelling=True).columns["step"] == 1
+
+
+def test_wait_reasons():
+    q = {"id": 2, "state": "queued", "gpus_wanted": 2}
+    assert wait_reason(q, 1, False, {}) == "waiting for 2 free GPU(s)"
+    assert wait_reason(q, 3, False, {}) == "number 3 in the queue"
+    assert wait_reason(q, 1, True, {}) == "queue paused"
+    assert wait_reason({**q, "held": 1}, 1, False, {}) == "held; release it to run"
+    assert wait_reason({**q, "after": 1}, 1, False, {1: "running"}) == "waiting for job 1 to finish"
+    assert wait_reason({**q, "after": 1}, 1, False, {1: "done"}) == "waiting for 2 free GPU(s)"
+    assert wait_reason({**q, "state": "running"}, None, False, {}) is None
+
+
+def test_the_job_wire_type_round_trips_and_refuses_what_is_not_a_job():
+    row = {"id": 3, "state": "running", "mode": "lvg", "spec": {"num_chunks": 4}, "held": 0, "position": 7,
+           "step": 5, "total_steps": 10, "sec_per_step": 2.0, "chunk": 2}
+    job = Job.from_row(row, place=None)
+    assert job.num_chunks == 4 and job.held is False
+    # 5 steps of chunk 2, then 10 of each of chunks 3 and 4: 25 steps of 2 s
+    assert job.eta_s == 50.0
+    wire = job.to_wire()
+    assert "position" not in wire and Job.from_wire(wire) == job
+    assert Job.from_wire({"id": 1, "state": "done", "from_a_newer_daemon": 1}).state == "done"
+    with pytest.raises(WireError, match="expected a job object"):
+        Job.from_wire(["not", "a", "job"])
+    with pytest.raises(WireError, match="unknown state 'zombie'"):
+        Job.from_wire({"id": 1, "state": "zombie"})
+
+
+def test_the_model_key_is_the_engines_build_key_offload_flags_included():
+    from engine.spec import build_key
+
+    spec = {"model_size": "2B", "offload_text_encoder": True}
+    assert model_key(spec) == build_key(spec)
+    # a warm engine built with T5 offloaded to the CPU must not run a job that wants it on the GPU
+    warm = EngineView(7, model_key(spec), (0,))
+    wants_gpu_t5 = {"id": 2, "gpus_wanted": 1, "spec": {**spec, "offload_text_encoder": False}}
+    assert plan([wants_gpu_t5], [0], [warm]) == [Evict(7), Start(2, (0,), model_key(wants_gpu_t5["spec"]))]
+    for flag in ("downcast_text_encoder", "offload_guardrail", "offload_prompt_refiner"):
+        assert model_key({**spec, flag: True}) != model_key(spec), flag
+    assert model_key({**spec, "prompt": "another", "seed": 9}) == model_key(spec)  # per-job fields

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# every spec field that decides what a warm engine has loaded: a job may reuse an engine only when
-# all of them match
-MODEL_KEY_FIELDS = ("model_size", "resolution", "fps", "natten", "dit_path", "load_ema", "num_gpus")
-
+from cosmos_tui.queue.eta import phase_columns, started_columns
 
 def model_key(spec: dict) -> tuple:
-    return tuple(spec.get(k) for k in MODEL_KEY_FIELDS)
+    """Can a warm engine that ran one job take another? Only when their keys are equal. The one
+    definition is the engine's own (engine.spec.build_key: every BuildConfig field, the offload and
+    downcast flags included), imported here lazily because engine.spec pulls in pydantic and,
+    through it, socket, which this package must not load."""
+    from engine.spec import BUILD_FIELDS, build_key
+
+    try:
+        return build_key(spec)
+    except ValueError:
+        # a stored spec this version no longer accepts: still a key, so one bad job cannot stop
+        # the scheduler (the engine refuses the job itself, with the reason)
+        return tuple((f, spec.get(f)) for f in BUILD_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -110,3 +118,133 @@ def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused:
         # the engine to be spawned: no id yet, and busy, so nothing later reuses or evicts it
         state.views.append(EngineView(-job["id"], key, chosen, job["id"]))
     return out
+
+
+def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, str]) -> str | None:
+    """What a queued job is waiting for, in words for `ls` and the TUI; None when not queued."""
+    if job.get("state") != "queued":
+        return None
+    waiting = waiting_on(job, set())
+    if paused:
+        return "queue paused"
+    if waiting == "held":
+        return "held; release it to run"
+    if waiting and states.get(job["after"]) != "done":
+        return f"waiting for job {job['after']} to finish"
+    if place == 1:
+        return f"waiting for {job.get('gpus_wanted', 1)} free GPU(s)"
+    return f"number {place} in the queue"
+
+
+# -- what an engine event does to a job --
+
+CANCELLED_ERROR = "cancelled on request"
+STEP_TIME_SMOOTHING = 0.3  # weight of the newest step in the running mean of seconds per step
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one engine event does to its job; the daemon stores and acts, in this order: the
+    event itself (unless `record` is False), `columns`, `outputs`, `critic`; then `state` (with
+    `state_columns`), then the engine: freed for the next job, or restarted."""
+
+    record: bool = True
+    state: str | None = None  # None: the job stays in its state
+    columns: dict = field(default_factory=dict)
+    state_columns: dict = field(default_factory=dict)
+    outputs: tuple[tuple[str, str], ...] = ()  # (path, kind)
+    critic: bool = False
+    frees_engine: bool = False
+    restart_engine: bool = False  # a fresh process: after OOM the next job gets the whole GPU back
+    pause: str | None = None  # pause the queue, with this reason
+
+
+IGNORE = Decision(record=False)
+
+
+def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
+    """The decision for engine event `ev` (engine/events.py) of `job` (its current columns:
+    sec_per_step, peak_mem). `cancelling`: the daemon is killing this job's engine, so the kill,
+    not the engine's last word, decides how it ends."""
+    kind = ev.get("event")
+    t = ev.get("t")
+    if kind in ("finished", "failed") and cancelling:
+        return IGNORE
+    if kind == "step":
+        cols = {"step": ev.get("step"), "total_steps": ev.get("total")}
+        for unit in ("chunk", "generation"):
+            if ev.get(unit) is not None:
+                cols[unit] = ev[unit]
+        seconds = ev.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+            prev = job.get("sec_per_step")
+            cols["sec_per_step"] = (seconds if prev is None
+                                    else (1 - STEP_TIME_SMOOTHING) * prev + STEP_TIME_SMOOTHING * seconds)
+        return Decision(columns=cols)
+    if kind == "phase":  # where the job is now; the daemon also learns the durations (phase_timing)
+        return Decision(columns=phase_columns(job.get("phase"), ev))
+    if kind == "started":
+        return Decision(columns=started_columns(ev))
+    if kind == "chunk":
+        return Decision(columns={"chunk": ev.get("chunk"), "num_chunks": ev.get("total")})
+    if kind == "generation":
+        return Decision(columns={"generation": ev.get("generation"), "num_generations": ev.get("total")})
+    if kind == "memory":
+        peak = ev.get("peak")
+        if isinstance(peak, (int, float)) and not isinstance(peak, bool):
+            return Decision(columns={"peak_mem": max(int(peak), job.get("peak_mem") or 0)})
+        return Decision()
+    if kind == "output":
+        return Decision(outputs=((str(ev["path"]), ev.get("kind") or "video"),) if ev.get("path") else ())
+    if kind == "critic":
+        return Decision(critic=True)
+    if kind == "finished":
+        return Decision(state="done", state_columns={"finished": t}, frees_engine=True,
+                        outputs=tuple((str(p), "video") for p in ev.get("outputs") or []))
+    if kind == "failed":
+        reason = ev.get("reason") or "crash"
+        if reason == "cancelled":
+            return Decision(state="cancelled", frees_engine=True,
+                            state_columns={"finished": t, "error": CANCELLED_ERROR, "reason": "cancelled"})
+        oom = reason == "oom"
+        return Decision(state="failed", frees_engine=True, restart_engine=oom,
+                        state_columns={"finished": t, "error": ev.get("error") or "failed", "reason": reason},
+                        pause=(f"job {job.get('id')} ran out of GPU memory; change its settings (or free the "
+                               f"GPU), then resume the queue") if oom else None)
+    return Decision()  # log, output of text...: stored and logged, nothing else changes
+
+
+# -- removing, cleaning and editing jobs (pueue's remove / clean / edit) --
+
+FINISHED = ("done", "failed", "cancelled", "interrupted")
+
+
+def removal_problem(job: dict, jobs: list[dict]) -> str | None:
+    """Why `job` cannot be removed (one sentence with the fix), else None. Only finished jobs go;
+    one that a queued job runs `--after` must stay while it would still fail that job."""
+    if job["state"] not in FINISHED:
+        verb = "cancel it first" if job["state"] == "running" else "cancel it first (or edit it)"
+        return f"job {job['id']} is {job['state']}; only finished jobs can be removed: {verb}"
+    if job["state"] != "done":
+        waiting = [j["id"] for j in jobs if j["state"] == "queued" and j.get("after") == job["id"]]
+        if waiting:
+            return (f"job {waiting[0]} runs after job {job['id']}, which is {job['state']}; cancel or remove job "
+                    f"{waiting[0]} first")
+    return None
+
+
+def to_clean(jobs: list[dict], failed_only: bool = False) -> list[int]:
+    """The finished jobs `clean` removes: all of them, or only the failed ones (failed,
+    interrupted); cancelled and done stay with `failed_only`. Never one a removal would refuse."""
+    states = ("failed", "interrupted") if failed_only else FINISHED
+    return [j["id"] for j in jobs if j["state"] in states and removal_problem(j, jobs) is None]
+
+
+def edit_problem(job: dict) -> str | None:
+    """Only a queued job (held or not) can have its spec changed: a running one has its spec
+    loaded, a finished one is history (retry it, then edit the retry)."""
+    if job["state"] == "queued":
+        return None
+    fix = "cancel it, retry it and edit the new job" if job["state"] == "running" else \
+        f"retry it (cosmos-tui retry {job['id']}) and edit the new job"
+    return f"job {job['id']} is {job['state']}; only a queued job can be edited: {fix}"

@@ -219,12 +219,16 @@ def unit_of(phase: Mapping) -> int:
 
 
 def remaining(spec: Mapping, stats: Stats, phase: Mapping | None, now: float, step: int | None = None,
-              sec_per_step: float | None = None) -> Estimate:
+              sec_per_step: float | None = None, unit: int | None = None) -> Estimate:
     """What is left of a running job. `phase`: its latest phase event (phase, state, start, chunk /
     generation / run / video, target, component) plus `cold` (it loads its engine), or None before
-    the first (or only `cold`, from the engine's `started`); `step`: denoise steps done in the current generation; `sec_per_step`: the job's own
-    step time, used while its model has no denoise stat yet (the first job on a new model)."""
+    the first (or only `cold`, from the engine's `started`); `step`: denoise steps done in the current
+    generation; `sec_per_step`: the job's own step time, used while its model has no denoise stat yet
+    (the first job on a new model); `unit`: its chunk / generation counter, for an engine that reports
+    steps but no phases (the job is then taken to be in that unit's denoise)."""
     live = {_denoise_stat(spec.get("fast_threshold")): sec_per_step} if sec_per_step else None
+    if (not phase or not stat_of(phase)) and step:
+        phase = {**(phase or {}), "phase": "denoise", "state": "start", "chunk": unit or 1}
     if not phase or not stat_of(phase):
         # before the first phase: the whole plan, with a load unless the engine said it holds the model
         return _cost(job_plan(spec, cold=(phase or {}).get("cold", True)), stats, live)
@@ -276,7 +280,7 @@ class Queued:
 @dataclass(frozen=True)
 class QueueEta:
     jobs: dict  # job id -> Estimate of the seconds until it is done (None: not counted; held, paused...)
-    total: Estimate | None  # until every counted job is done; None with nothing to run
+    total: Estimate | None  # until every counted job is done; None with nothing to run or paused
 
 
 def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], stats: Mapping[str, Stats],
@@ -312,6 +316,35 @@ def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], sta
             free[g], model[g], parked[g] = finish, q.key, parks_generator(q.spec)
         start_floor = start
     counted = [e for e in jobs.values() if e is not None]
-    if not counted:
-        return QueueEta(jobs, None)
+    if not counted or (paused and queued):
+        return QueueEta(jobs, None)  # nothing to run, or a paused queue that will not finish by itself
     return QueueEta(jobs, _latest(counted))
+
+
+# -- a job's `phase` column, from its engine events (queue/core.apply stores it) --
+
+# the fields of a phase event that say where the job is (the build key and the rest stay in the log)
+PHASE_FIELDS = ("phase", "state", "start", "end", "seconds", "chunk", "num_chunks", "generation",
+                "num_generations", "run", "runs", "video", "videos", "trials", "target", "component", "steps",
+                "partial", "fast_threshold")
+
+
+def phase_columns(prev: Mapping | None, ev: Mapping) -> dict:
+    """The job columns a phase event sets: `phase` (JSON: where the job is, plus `cold` once it has
+    built its engine) and, when a denoise starts, `step` back to 0 (a new chunk's or generation's
+    steps are not the last one's)."""
+    now = {k: ev[k] for k in PHASE_FIELDS if k in ev}
+    built = ev.get("phase") == "loading" and ev.get("component") in (None, "pipeline")
+    now["cold"] = bool((prev or {}).get("cold")) or built
+    cols = {"phase": json.dumps(now, default=str)}
+    if ev.get("phase") == "denoise" and ev.get("state") == "start":
+        cols["step"] = 0
+    return cols
+
+
+def started_columns(ev: Mapping) -> dict:
+    """The engine's `started` says whether it already holds the job's model: the plan's first guess
+    (a load or not) until the first phase event."""
+    if not isinstance(ev.get("warm"), bool):
+        return {}
+    return {"phase": json.dumps({"cold": not ev["warm"]})}

@@ -145,3 +145,25 @@ def batch_entry_problem(entry: dict) -> str | None:
         names = " and ".join(shown for k, shown in (("prompt", "prompt"), ("input_path", "input_video")) if k in missing)
         return f"{names}: missing; give each entry its own {names}"
     return None
+
+
+def resolved_path(cwd: str | None, path: str) -> str:
+    """A spec path as the engine will open it: relative to the directory the job was submitted from."""
+    return _under(cwd, path)
+
+
+def edit_spec(spec: dict, changes, gpu_count: int, cwd: str | None, others: set[str]) -> dict:
+    """A queued job's spec with `changes` applied, checked like a submit (`others`: the save
+    paths of every other job). The preset is not applied again: the stored spec already has it."""
+    if not isinstance(changes, dict) or not changes:
+        raise SubmitError("set: give at least one field to change, e.g. --set seed=4")
+    if "mode" in changes and changes["mode"] != spec.get("mode"):
+        raise SubmitError("mode: a job's mode cannot be edited; submit a new job with that mode")
+    new = resolve_spec({**spec, **changes}, None, gpu_count)
+    check_inputs(new, cwd)
+    path = _under(cwd, new.get("save_path") or "")
+    if path in others and not new.get("overwrite"):
+        raise SubmitError(f"save_path: {new.get('save_path')!r} is another job's output too; give a new save_path "
+                          f"(or --set overwrite=true to replace that output)")
+    check_save_path(new, cwd, {_under(cwd, spec.get("save_path") or "")})
+    return new
