@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two commands of the README:
-#   ./go        set up on first run, then open cosmos-tui (the tiny profile when no checkpoints exist)
+#   ./go        set up on first run, then open cosmos-tui (with no checkpoints, one tiny-profile demo
+#               job is queued the first time)
 #   ./go test   set up on first run, then run the whole test suite
 # A GPU user who already has a CUDA build of torch in the venv keeps it: we install the CPU build
 # (torch==2.13.0) only when `import torch` fails.
@@ -45,6 +46,13 @@ case "$what" in
     app)
         root="${COSMOS_TUI_CHECKPOINTS:-checkpoints}"
         if ls "$root"/nvidia/Cosmos-Predict2-*-Video2World/model-*.pt >/dev/null 2>&1; then
+            exec "$VENV/bin/cosmos-tui"
+        fi
+        # one demo job is enough: queue it only while the queue has none (in any state), so each
+        # launch does not add another
+        has_demo='import json, sys; sys.exit(0 if any(j.get("preset") == "tiny-cpu" for j in json.load(sys.stdin)) else 1)'
+        if "$VENV/bin/cosmos-tui" ls --json 2>/dev/null | "$PY" -c "$has_demo" 2>/dev/null; then
+            echo "no Cosmos-Predict2 checkpoints under $root/: opening the TUI (the tiny-profile demo job is already queued)" >&2
             exec "$VENV/bin/cosmos-tui"
         fi
         echo "no Cosmos-Predict2 checkpoints under $root/: queueing a tiny-profile demo job (seeded random weights, CPU)" >&2

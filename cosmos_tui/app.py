@@ -99,7 +99,8 @@ class CosmosApp(App):
         self.jobs: dict[int, dict] = {}
         self.queue_info: dict = {}
         self.gpus: list[dict] = []
-        self.gpu_history: dict[int, deque] = {}
+        self.gpu_history: dict[int, deque] = {}  # index -> (time, mem_used, util) samples
+        self.gpu_sampled_at = 0.0
         self.gpu_source: str | None = None
         self.connection_error: str | None = "connecting"
         self.selected_job: int | None = None
@@ -255,30 +256,55 @@ class CosmosApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="gpu-poll")
     def poll_gpus(self) -> None:
+        gpus, source = None, None
         if self.client is not None and self.connection_error is None:
             try:
-                self.post_message(GpusSampled(self.client.gpus(), "daemon"))
-                return
+                gpus, source = self.client.gpus(), "daemon"
             except Exception:
                 pass  # fall back to reading the GPUs ourselves
-        try:
-            if self._local_gpu is None:
-                from cosmos_tui.gpu import gpu_backend
+        if gpus is None:
+            try:
+                if self._local_gpu is None:
+                    from cosmos_tui.gpu import gpu_backend
 
-                self._local_gpu = gpu_backend()
-            self.post_message(GpusSampled(self._local_gpu.list(), getattr(self._local_gpu, "kind", "local")))
-        except Exception as err:
-            self.post_message(GpusSampled([], f"unavailable: {err}"))
+                    self._local_gpu = gpu_backend()
+                gpus, source = self._local_gpu.list(), getattr(self._local_gpu, "kind", "local")
+            except Exception as err:
+                self.post_message(GpusSampled([], f"unavailable: {err}"))
+                return
+        self.post_message(GpusSampled(self._with_owners(gpus), source))
+
+    def _with_owners(self, gpus: list[dict]) -> list[dict]:
+        """Each GPU process joined to the engine (and job) it belongs to (runs in the worker:
+        it reads /proc)."""
+        from cosmos_tui.gpu import attribute
+
+        engines: dict[int, int | None] = {}
+        for e in (self.queue_info or {}).get("engines") or []:
+            if e.get("pid"):
+                engines[int(e["pid"])] = e.get("job")
+        for j in list(self.jobs.values()):
+            if j.get("state") == "running" and j.get("engine_pid"):
+                engines[int(j["engine_pid"])] = j["id"]
+        return [{**g, "processes": attribute(g["processes"], engines)} if g.get("processes") else g
+                for g in gpus]
+
+    def gpu_backend_kind(self) -> str | None:
+        """nvml / demo / cpu: the daemon's backend, or ours when there is no daemon."""
+        if self.gpu_source == "daemon":
+            return (self.queue_info or {}).get("gpu_backend")
+        return self.gpu_source
 
     @on(GpusSampled)
     def _gpus_sampled(self, message: GpusSampled) -> None:
         self.gpu_polls += 1
         self.gpus = message.gpus
         self.gpu_source = message.source
+        self.gpu_sampled_at = now = self.clock()
         for g in message.gpus:
             hist = self.gpu_history.setdefault(g["index"], deque(maxlen=HISTORY))
-            if g.get("mem_used") is not None:
-                hist.append(g["mem_used"])
+            if g.get("mem_used") is not None or g.get("util") is not None:
+                hist.append((now, g.get("mem_used"), g.get("util")))
         self.gpus_changed.publish(self.gpus)
         if self._gpu_timer is not None:
             self._gpu_timer.stop()
@@ -433,6 +459,49 @@ class CosmosApp(App):
         if screen is not None:
             screen.cycle_filter()
 
+    def action_find_jobs(self) -> None:
+        screen = self._queue_screen()
+        if screen is not None and self.screen is screen:
+            screen.open_find()
+
+    def action_toggle_hold(self) -> None:
+        job = self._need_job()
+        if job is None:
+            return
+        if (self.jobs.get(job) or {}).get("held"):
+            self.call_daemon("release", job, "release", job)
+        else:
+            self.call_daemon("hold", job, "hold", job)
+
+    def action_remove_job(self) -> None:
+        job = self._need_job()
+        if job is None:
+            return
+        state = (self.jobs.get(job) or {}).get("state")
+        if state not in ENDED:
+            self.notify(f"job {job} is {state}; only finished, failed, cancelled or interrupted jobs can be "
+                        "removed (cancel it first)", severity="warning")
+            return
+        self._confirm(f"Remove job {job} ({state}) from the list? Its output files stay on disk.",
+                      lambda: self.call_daemon("remove", job, "remove", [job]))
+
+    def action_clean_jobs(self) -> None:
+        ended = sorted(j for j, job in self.jobs.items() if job.get("state") in ENDED)
+        if not ended:
+            self.notify("no finished jobs to remove", severity="information")
+            return
+        self._confirm(f"Remove all {len(ended)} finished job(s) (done, failed, cancelled, interrupted) from "
+                      "the list? Their output files stay on disk.", lambda: self.call_daemon("clean", None, "clean"))
+
+    def _confirm(self, question: str, then: Callable[[], None]) -> None:
+        from cosmos_tui.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                then()
+
+        self.push_screen(ConfirmScreen(question), answered)
+
     def action_critic(self) -> None:
         from cosmos_tui.screens.critic import CriticScreen
 
@@ -496,6 +565,15 @@ def _done_text(action: str, job: int | None, result: Any) -> str:
         return "queue paused; running jobs finish, nothing new starts"
     if action == "resume":
         return "queue resumed"
+    if action == "hold":
+        return f"job {job} held: it keeps its place and is passed over until released"
+    if action == "release":
+        return f"job {job} released"
+    if action == "remove":
+        return f"job {job} removed from the list"
+    if action == "clean":
+        n = result if isinstance(result, int) else len(result) if isinstance(result, (list, tuple)) else None
+        return f"removed {n} finished job(s) from the list" if n is not None else "finished jobs removed"
     return ""
 
 

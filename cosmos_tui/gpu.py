@@ -1,10 +1,18 @@
 """GPU inventory and telemetry behind one small interface.
 
-`gpu_backend()` returns an object whose `.list()` gives one dict per GPU:
-index, name, mem_used, mem_total (bytes), util (percent), temp (Celsius), power (watts).
-Two backends: NVML (nvidia-ml-py, imported lazily so a machine without the driver can still start
-the TUI) and a demo backend with N fake GPUs, chosen by COSMOS_TUI_GPU=demo[:N] or used when NVML
-is unavailable. COSMOS_TUI_GPU=nvml insists on NVML and fails loudly if it is missing.
+`gpu_backend()` returns an object whose `.list()` gives one dict per device:
+index, name, mem_used, mem_total (bytes), util (percent), temp (Celsius), power (watts), and
+`processes` ([{pid, mem}], the compute processes NVML sees on it; mem may be None).
+Backends:
+- NVML (nvidia-ml-py, imported lazily so a machine without the driver can still start the TUI);
+- `NoGpuBackend`, the default when NVML is missing or finds no GPU: one CPU slot (the daemon runs one
+  CPU job at a time on it), no numbers at all, and `reason` saying why there is no GPU;
+- `DemoBackend`, N made-up GPUs, only when asked for (COSMOS_TUI_GPU=demo[:N]) or by tests.
+COSMOS_TUI_GPU=nvml insists on NVML and fails loudly if it is missing.
+
+Per-process attribution (`attribute`) joins NVML's PIDs to the daemon's engines by walking each
+process's parents in /proc: a torchrun worker belongs to the engine that launched it. NVML reports
+host PIDs, so in a container without the host's PID namespace the join finds nothing, and says so.
 """
 
 from __future__ import annotations
@@ -12,16 +20,18 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Callable
 
 
 class DemoBackend:
-    """Fake GPUs with plausible, slowly varying numbers: for CI and laptops."""
+    """Made-up GPUs with plausible, slowly varying numbers: for the demo and tests only."""
 
     kind = "demo"
 
-    def __init__(self, count: int = 1, mem_total: int = 80 * 1024**3):
+    def __init__(self, count: int = 1, mem_total: int = 80 * 1024**3, processes: dict | None = None):
         self.count = count
         self.mem_total = mem_total
+        self.processes = processes or {}  # index -> [{pid, mem}], for tests of attribution
         self._t0 = time.time()
 
     def list(self) -> list[dict]:
@@ -38,9 +48,25 @@ class DemoBackend:
                     "util": round(10 * wave, 1),
                     "temp": round(35 + 5 * wave, 1),
                     "power": round(60 + 20 * wave, 1),
+                    "processes": [dict(p) for p in self.processes.get(i, [])],
                 }
             )
         return out
+
+
+class NoGpuBackend:
+    """No GPU to read: one CPU slot so CPU jobs (the tiny profile) can still be scheduled, and
+    nothing made up: every number is None and `reason` says why there is no GPU."""
+
+    kind = "cpu"  # the daemon reports "GPUs: 1 (cpu)": one CPU slot
+    count = 0
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def list(self) -> list[dict]:
+        return [{"index": 0, "name": "CPU (no GPU)", "cpu": True, "note": self.reason, "mem_used": None,
+                 "mem_total": None, "util": None, "temp": None, "power": None, "processes": []}]
 
 
 class NvmlBackend:
@@ -60,6 +86,18 @@ class NvmlBackend:
         except self._nvml.NVMLError:
             return default
 
+    def _processes(self, handle) -> list[dict]:
+        n = self._nvml
+        seen: dict[int, dict] = {}
+        for fn in (n.nvmlDeviceGetComputeRunningProcesses, n.nvmlDeviceGetGraphicsRunningProcesses):
+            for p in self._read(fn, handle, default=None) or []:
+                mem = getattr(p, "usedGpuMemory", None)
+                # NVML says "not available" (no permission, MIG) with None or a huge sentinel
+                if not isinstance(mem, int) or mem < 0 or mem >= 2**63:
+                    mem = None
+                seen.setdefault(int(p.pid), {"pid": int(p.pid), "mem": mem})
+        return list(seen.values())
+
     def list(self) -> list[dict]:
         n = self._nvml
         out = []
@@ -71,12 +109,13 @@ class NvmlBackend:
             out.append(
                 {
                     "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "name": name.decode(errors="replace") if isinstance(name, bytes) else name,
                     "mem_used": mem.used if mem else None,
                     "mem_total": mem.total if mem else None,
                     "util": util.gpu if util else None,
                     "temp": self._read(n.nvmlDeviceGetTemperature, h, n.NVML_TEMPERATURE_GPU),
                     "power": power_mw / 1000.0 if power_mw is not None else None,
+                    "processes": self._processes(h),
                 }
             )
         return out
@@ -84,7 +123,7 @@ class NvmlBackend:
 
 def gpu_backend(choice: str | None = None):
     """The backend named by `choice` or $COSMOS_TUI_GPU ("nvml", "demo", "demo:N"); by default
-    NVML when it works and has at least one GPU, else one demo GPU."""
+    NVML when it works and has at least one GPU, else no GPU (a CPU slot) with the reason."""
     choice = choice if choice is not None else os.environ.get("COSMOS_TUI_GPU", "")
     if choice.startswith("demo"):
         _, _, n = choice.partition(":")
@@ -99,8 +138,61 @@ def gpu_backend(choice: str | None = None):
         raise ValueError(f"COSMOS_TUI_GPU={choice!r} is not a GPU backend; use nvml, demo or demo:N")
     try:
         backend = NvmlBackend()
-        if backend.count:
-            return backend
-    except Exception:
-        pass
-    return DemoBackend(1)
+    except Exception as err:  # no library, no driver, driver/library mismatch: all mean "no GPU here"
+        return NoGpuBackend(f"NVML not available: {_reason(err)}")
+    if not backend.count:
+        return NoGpuBackend("NVML found no GPU")
+    return backend
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, ImportError):
+        return f"nvidia-ml-py is not installed ({text})" if text else "nvidia-ml-py is not installed"
+    return text or type(err).__name__
+
+
+# -- who owns a GPU process --
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid` from /proc (None when it is gone or not in our PID namespace)."""
+    try:
+        stat = open(f"/proc/{int(pid)}/stat", "rb").read().decode("ascii", "replace")
+        return int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and ')'
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_name(pid: int) -> str | None:
+    try:
+        raw = open(f"/proc/{int(pid)}/comm", "rb").read().strip()
+    except OSError:
+        return None
+    # a process name is bytes: shown as data, never as escapes to the terminal
+    return "".join(c if c.isprintable() else "?" for c in raw.decode("utf-8", "replace"))[:32]
+
+
+def attribute(processes: list[dict], engines: dict[int, int | None],
+              parent_of: Callable[[int], int | None] = parent_pid,
+              name_of: Callable[[int], str | None] = process_name) -> list[dict]:
+    """Each NVML process with the engine (and job) it belongs to: the process itself or its
+    nearest ancestor that is an engine. `engines` maps engine pid -> job id (None when idle).
+    A process not in our PID namespace (a container without the host's) gets `visible` False."""
+    out = []
+    for p in processes:
+        pid = int(p["pid"])
+        row = {**p, "engine": None, "job": None, "name": name_of(pid), "visible": True}
+        cur: int | None = pid
+        for _ in range(64):  # a parent chain is short; a loop in a bad /proc read must end
+            if cur is None or cur <= 1:
+                break
+            if cur in engines:
+                row["engine"], row["job"] = cur, engines[cur]
+                break
+            nxt = parent_of(cur)
+            if nxt is None and cur == pid:
+                row["visible"] = False
+            cur = nxt
+        out.append(row)
+    return out

@@ -10,6 +10,8 @@ timers (spinners, blinking cursors, refresh intervals) get a chance to show up.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from textual._compositor import CompositorUpdate
 
@@ -72,7 +74,7 @@ def _app(fake):
 async def _open(pilot, what: str, world) -> None:
     app = pilot.app
     await wait_for(pilot, lambda: app.polls >= 1 and len(app.gpus) == 2, what="data")
-    if what == "gpus":
+    if what.startswith("gpus"):
         await pilot.press("2")
         await wait_for(pilot, lambda: len(app.screen.query("GpuCard")) == 2, what="cards")
     elif what.startswith("job-"):
@@ -86,7 +88,7 @@ async def _open(pilot, what: str, world) -> None:
         await wait_for(pilot, lambda: getattr(app.screen, "report", None) is not None, what="report")
 
 
-SCREENS = ["queue", "gpus", "job-progress", "job-log", "job-spec", "job-frames", "critic"]
+SCREENS = ["queue", "gpus", "gpus-processes", "job-progress", "job-log", "job-spec", "job-frames", "critic"]
 
 
 @pytest.mark.parametrize("what", SCREENS)
@@ -95,6 +97,8 @@ async def test_a_static_screen_stays_within_the_redraw_budget(world, meter, what
     video = world.tmp / "done.mp4"
     _write_video(video)
     world.fake.set_outputs(world.done, [{"path": str(video), "kind": "video"}])
+    if what == "gpus-processes":  # a process on each GPU: its line must not repaint every poll
+        world.fake.gpu.processes = {0: [{"pid": os.getpid(), "mem": 2 * 1024**3}], 1: [{"pid": 1, "mem": None}]}
     app = _app(world.fake)
     async with app.run_test(size=(120, 40)) as pilot:
         await _open(pilot, what, world)

@@ -5,16 +5,34 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Footer
 
-from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.gpu_card import GpuCard
+from cosmos_tui.widgets.history_plot import SECONDS_PER_CELL
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
+
+
+def gpu_status(gpus: list[dict], source: str | None, backend: str | None) -> str:
+    """The line over the cards: what is being read, from where, and (with no GPU) why not."""
+    if not gpus:
+        return f"no GPUs ({source or '?'})"
+    where = "via the daemon" if source == "daemon" else "read here (no daemon)"
+    kind = backend if source == "daemon" else source
+    if all(g.get("cpu") for g in gpus):
+        note = next((g.get("note") for g in gpus if g.get("note")), "no GPU")
+        return f"no GPU, jobs run on the CPU one at a time · {note}"
+    if kind == "demo":
+        what = f"{len(gpus)} demo GPU(s), made-up numbers"
+    else:
+        what = f"{len(gpus)} GPU(s) · {'NVML' if kind == 'nvml' else kind or '?'}"
+    return f"{what} · {where} · plots: {SECONDS_PER_CELL:g} s/cell"
 
 
 class GpuScreen(QuietBackground, Screen):
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
+        yield DemoBanner()
         yield QuietStatic(id="gpu-status", markup=False)
         yield VerticalScroll(id="gpu-cards")
         yield Footer()
@@ -32,14 +50,11 @@ class GpuScreen(QuietBackground, Screen):
                 card = GpuCard(g["index"])
                 box.mount(card)
                 # its children exist only after mounting; fill it on the next refresh
-                self.call_after_refresh(self._fill, card, g, list(self.app.gpu_history.get(g["index"], [])))
+                self.call_after_refresh(self._fill, card, g)
             else:
-                card.update_gpu(g)
-        source = self.app.gpu_source or "?"
-        self.query_one("#gpu-status", Static).update(
-            f"{len(gpus)} GPU(s) · source: {source}" if gpus else f"no GPUs ({source})")
+                self._fill(card, g)
+        backend = (self.app.queue_info or {}).get("gpu_backend")
+        self.query_one("#gpu-status", QuietStatic).update(gpu_status(gpus, self.app.gpu_source, backend))
 
-    def _fill(self, card: GpuCard, gpu: dict, history: list) -> None:
-        for used in history[:-1]:
-            card.mem_history.append(used / 1024**3)
-        card.update_gpu(gpu)
+    def _fill(self, card: GpuCard, gpu: dict) -> None:
+        card.update_gpu(gpu, list(self.app.gpu_history.get(gpu["index"], [])), self.app.gpu_sampled_at)

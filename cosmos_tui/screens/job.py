@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -14,8 +13,8 @@ from textual.widgets import Footer, Input, Sparkline, Static, TabbedContent, Tab
 from cosmos_tui import images
 from cosmos_tui.messages import EventsFetched
 from cosmos_tui.widgets import format as fmt
-from cosmos_tui.widgets import phase_text
-from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets import phase_text, spec_view
+from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.contact_sheet import ContactSheet
 from cosmos_tui.widgets.log_view import LogView
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic, set_data
@@ -60,9 +59,7 @@ def outputs_text(job: dict) -> str:
 
 
 def spec_text(job: dict) -> str:
-    spec = job.get("spec") or {}
-    width = max((len(k) for k in spec), default=0)
-    return "\n".join(f"{k:<{width}} = {json.dumps(v)}" for k, v in spec.items()) or "(no spec)"
+    return spec_view.spec_text(job.get("spec") or {})
 
 
 class JobScreen(QuietBackground, Screen):
@@ -90,6 +87,7 @@ class JobScreen(QuietBackground, Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
+        yield DemoBanner()
         yield QuietStatic(f"job {self.job_id}", id="job-head", markup=False)
         with TabbedContent(id="job-tabs"):
             with TabPane("Progress", id="tab-progress"):
@@ -187,7 +185,7 @@ class JobScreen(QuietBackground, Screen):
         self.action_tab("tab-log")
         box = self.query_one("#log-search", Input)
         box.display = True
-        box.focus()
+        self.set_focus(box)  # now: the keys after `/` in one burst are the search text
 
     @on(Input.Submitted, "#log-search")
     def _search(self, event: Input.Submitted) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
 from cosmos_tui.screens.commands import bindings
 from cosmos_tui.widgets import phase_text
-from cosmos_tui.widgets.banner import ConnectionBanner
+from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
 
 
-def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
+def status_text(queue: dict, jobs: dict, state_filter: str | None, text_filter: str = "") -> str:
     counts: dict[str, int] = {}
     for j in jobs.values():
         counts[j.get("state")] = counts.get(j.get("state"), 0) + 1
@@ -24,7 +24,11 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None) -> str:
         head = "running"
     parts = [f"{counts[s]} {s}" for s in ("running", "queued", "done", "failed", "interrupted") if counts.get(s)]
     shown = f"filter: {state_filter}" if state_filter else "filter: all"
-    return f"queue {head} · " + (", ".join(parts) or "no jobs") + phase_text.queue_eta(queue) + f" · {shown}"
+    if text_filter:
+        shown += " · find: " + "".join(c if c.isprintable() else "?" for c in text_filter)
+    # the filters first: they say why rows are missing, and a narrow terminal cuts the end
+    # the queue's ETA next to its state (cosmos_tui/queue/eta.py), then the filters and the counts
+    return f"queue {head}{phase_text.queue_eta(queue)} · {shown} · " + (", ".join(parts) or "no jobs")
 
 
 class QueueScreen(QuietBackground, Screen):
@@ -32,12 +36,15 @@ class QueueScreen(QuietBackground, Screen):
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
+        yield DemoBanner()
         yield QuietStatic(id="queue-status", markup=False)
         yield QueueTable(clock=self.app.clock, id="queue-table")
         yield QuietStatic(id="queue-why", markup=False)
+        yield Input(placeholder="find: prompt, preset, id or state (enter: keep, escape: clear)", id="queue-find")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#queue-find", Input).display = False
         self.app.jobs_changed.subscribe(self, self._jobs_changed)
         self._jobs_changed(self.app.jobs)
 
@@ -61,7 +68,7 @@ class QueueScreen(QuietBackground, Screen):
         if wanted is not None and wanted != table.selected_job and str(wanted) in table.rows:
             table.select_job(wanted)
         self.query_one("#queue-status", QuietStatic).update(
-            status_text(self.app.queue_info, jobs, table.state_filter))
+            status_text(self.app.queue_info, jobs, table.state_filter, table.text_filter))
         self._show_why()
 
     def _show_why(self) -> None:
@@ -80,6 +87,37 @@ class QueueScreen(QuietBackground, Screen):
         table = self.table
         table.state_filter = FILTERS[(FILTERS.index(table.state_filter) + 1) % len(FILTERS)]
         self._jobs_changed(self.app.jobs)
+
+    # -- `/`: find by text --
+
+    def open_find(self) -> None:
+        box = self.query_one("#queue-find", Input)
+        box.display = True
+        # focus now, not after a refresh (Widget.focus is deferred): the keys typed right
+        # after `/` in the same burst are the text to find, not queue keys
+        self.set_focus(box)
+
+    @on(Input.Changed, "#queue-find")
+    def _find_changed(self, event: Input.Changed) -> None:
+        self.table.text_filter = event.value
+        self._jobs_changed(self.app.jobs)
+
+    @on(Input.Submitted, "#queue-find")
+    def _find_kept(self, event: Input.Submitted) -> None:
+        box = self.query_one("#queue-find", Input)
+        box.display = bool(event.value)  # an empty find closes; a kept one stays in view
+        self.table.focus()
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#queue-find", Input)
+        if event.key == "escape" and box.has_focus:
+            box.value = ""  # Changed clears the filter
+            box.display = False
+            self.table.text_filter = ""
+            self._jobs_changed(self.app.jobs)
+            self.table.focus()
+            event.stop()
+            event.prevent_default()
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
