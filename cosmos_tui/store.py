@@ -110,7 +110,15 @@ def _m2_hold_and_after(db: sqlite3.Connection) -> None:
                 "ALTER TABLE jobs ADD COLUMN after INTEGER REFERENCES jobs(id)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_hold_and_after]
+def _m3_phase_timings(db: sqlite3.Connection) -> None:
+    # measured seconds per unit of each phase, per model key, remembered across jobs for the ETA
+    # (cosmos_tui/queue/eta.py); and each job's latest phase event (JSON) for its progress and ETA
+    _script(db, "CREATE TABLE phase_stats (model_key TEXT NOT NULL, stat TEXT NOT NULL, seconds REAL NOT NULL, "
+                "samples INTEGER NOT NULL, updated REAL NOT NULL, PRIMARY KEY (model_key, stat)); "
+                "ALTER TABLE jobs ADD COLUMN phase TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_hold_and_after, _m3_phase_timings]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -482,6 +490,28 @@ class Store:
         )
         return [{**dict(r), "answers": json.loads(r["answers"]) if r["answers"] else None} for r in rows]
 
+    # -- phase timings (the ETA's memory) --
+
+    def add_phase_sample(self, model_key: str, stat: str, seconds: float) -> None:
+        """Fold one measured per-unit duration into the model's average (queue/eta.blend)."""
+        from cosmos_tui.queue.eta import Stat, blend
+
+        with self._tx():
+            row = self.db.execute("SELECT seconds, samples FROM phase_stats WHERE model_key=? AND stat=?",
+                                  (model_key, stat)).fetchone()
+            new = blend(Stat(row["seconds"], row["samples"]) if row else None, float(seconds))
+            self.db.execute("INSERT OR REPLACE INTO phase_stats VALUES (?, ?, ?, ?, ?)",
+                            (model_key, stat, new.seconds, new.samples, time.time()))
+
+    def phase_stats(self) -> dict:
+        """{model key: {stat: Stat}} for every model measured so far."""
+        from cosmos_tui.queue.eta import Stat
+
+        out: dict = {}
+        for r in self.db.execute("SELECT model_key, stat, seconds, samples FROM phase_stats"):
+            out.setdefault(r["model_key"], {})[r["stat"]] = Stat(r["seconds"], r["samples"])
+        return out
+
     # -- queue-wide flags --
 
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -497,6 +527,7 @@ def _job_row(row: sqlite3.Row) -> dict:
     d = dict(row)
     d["spec"] = json.loads(d["spec"])
     d["gpus"] = json.loads(d["gpus"]) if d["gpus"] else []
+    d["phase"] = json.loads(d["phase"]) if d.get("phase") else None
     return d
 
 

@@ -5,8 +5,11 @@ and `t` (unix seconds). The pipeline calls an `emit(event_dict)` callback; the e
 them to stdout as JSON lines; the daemon stores them; the TUI renders them. Nobody parses log text.
 
 Kinds and their fields (all optional unless marked):
-  started     mode, spec (dict)
+  started     mode, spec (dict), warm (the process already holds this job's pipeline: no loading)
   step        step (1-based), total, seconds (this step), chunk, generation  [step, total required]
+              total = the steps the job asked for (num_steps); the sampler's last, clean network
+              evaluation comes as one more event with final=true and step = total
+  phase       phase, state ("start"|"end"), start, end, seconds, ok, key, ...  -- engine/phases.py
   chunk       chunk (1-based), total, frames, path            -- a long-video chunk finished
   generation  generation (1-based), total, seed, path         -- a best-of-N candidate finished
   critic      video, trial, total, score, answers             -- a critic verdict (trial None = whole video)
@@ -23,7 +26,7 @@ import json
 import time
 from typing import Any, Callable
 
-KINDS = ("started", "step", "chunk", "generation", "critic", "log", "memory", "output", "finished", "failed")
+KINDS = ("started", "step", "phase", "chunk", "generation", "critic", "log", "memory", "output", "finished", "failed")
 FAIL_REASONS = ("invalid", "oom", "guardrail", "crash", "cancelled")
 
 Emit = Callable[[dict], None]

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 
 from engine import events, memory, parallel, resolutions
+from engine.phases import key_fields, phase
 from engine.spec import BuildConfig, GenerationSpec, build_key
 
 
@@ -50,6 +51,8 @@ class Video2WorldPipeline:
                  dtype: torch.dtype | None = None, emit: events.Emit | None = None):
         self.build = build if isinstance(build, BuildConfig) else BuildConfig.from_spec(build)
         self.key = self.build.key()
+        self.key_fields = key_fields(self.build)  # on every phase event: durations are per build
+        self._denoised = False  # the first denoise of a pipeline pays compilation / autotuning
         # under torchrun with --num_gpus N: join the group; each rank gets its own GPU
         parallel.maybe_init_from_env(self.build.num_gpus)
         self.device = device or parallel.device(default_device())
@@ -72,17 +75,20 @@ class Video2WorldPipeline:
     def load(self) -> "Video2WorldPipeline":
         from engine import checkpoints
 
+        if self.dit is not None and self.vae is not None and self.text_encoder is not None:
+            return self  # nothing to load: no phase, or the ETA would learn a loading time of zero
         t0 = time.perf_counter()
-        if self.dit is None:
-            self.ev.log(f"loading DiT ({self.build.model_size})")
-            self.dit = checkpoints.build_dit(self.build, self.device, self.dtype).eval()
-            self.dit = parallel.wrap_dit(self.dit)  # the same DiT alone; split over the ranks under torchrun
-            self._compile_dit()
-        if self.vae is None:
-            self.vae = checkpoints.build_vae(self.build, self.device, self.dtype).eval()
-        if self.text_encoder is None:
-            te_device = torch.device("cpu") if self.build.offload_text_encoder else self.device
-            self.text_encoder = checkpoints.build_text_encoder(self.build, te_device, self.dtype)
+        with phase(self.ev, "loading", self.key_fields, component="pipeline"):
+            if self.dit is None:
+                self.ev.log(f"loading DiT ({self.build.model_size})")
+                self.dit = checkpoints.build_dit(self.build, self.device, self.dtype).eval()
+                self.dit = parallel.wrap_dit(self.dit)  # the same DiT alone; split over the ranks under torchrun
+                self._compile_dit()
+            if self.vae is None:
+                self.vae = checkpoints.build_vae(self.build, self.device, self.dtype).eval()
+            if self.text_encoder is None:
+                te_device = torch.device("cpu") if self.build.offload_text_encoder else self.device
+                self.text_encoder = checkpoints.build_text_encoder(self.build, te_device, self.dtype)
         self.ev.log(f"models ready in {time.perf_counter() - t0:.1f}s")
         return self
 
@@ -152,23 +158,26 @@ class Video2WorldPipeline:
         if not self._offloaded:
             return
         t0 = time.perf_counter()
-        memory.onload(self.dit, self.device)
-        memory.onload(self.vae, self.device)
-        if not self.build.offload_text_encoder:
-            memory.onload(self.text_encoder, self.device)
+        with phase(self.ev, "loading", self.key_fields, component="generator"):  # back from the CPU
+            memory.onload(self.dit, self.device)
+            memory.onload(self.vae, self.device)
+            if not self.build.offload_text_encoder:
+                memory.onload(self.text_encoder, self.device)
         self._offloaded = False
         self.ev.log(f"generator back on {self.device} in {time.perf_counter() - t0:.1f}s")
 
     # -- one generation -----------------------------------------------------------------------
 
-    def text_check(self, text: str, what: str) -> None:
-        verdict = self.guardrail.check_text(text)
+    def text_check(self, text: str, what: str, fields: dict | None = None) -> None:
+        with phase(self.ev, "guardrail", self.key_fields, target=what.replace(" ", "_"), **(fields or {})):
+            verdict = self.guardrail.check_text(text)
         if not verdict.ok:
             raise GuardrailBlocked(f"guardrail: the {what} was blocked by {verdict.check_name}: {verdict.message}")
 
-    def refine(self, prompt: str, input_path: str) -> Optional[str]:
+    def refine(self, prompt: str, input_path: str, fields: dict | None = None) -> Optional[str]:
         t0 = time.perf_counter()
-        refined = self.refiner.refine_prompt(prompt, input_path)
+        with phase(self.ev, "refine", self.key_fields, **(fields or {})):
+            refined = self.refiner.refine_prompt(prompt, input_path)
         self.ev.log(f"prompt refined in {time.perf_counter() - t0:.1f}s")
         return refined
 
@@ -218,16 +227,18 @@ class Video2WorldPipeline:
         negative_prompt = job.negative_prompt
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
+        extra = dict(step_fields or {})  # chunk c/C, generation g/G or benchmark run: on steps and phases
+        key = self.key_fields
 
         def checked_prompt():
             if not spec.disable_guardrail:
                 self.guardrail.take_ran()  # this generation's list starts here (a blocked one left names)
             if not spec.disable_guardrail:
-                self.text_check(prompt, "prompt")
+                self.text_check(prompt, "prompt", extra)
             source = refine_input or input_path
-            refined = self.refine(prompt, source) if (source and not spec.disable_prompt_refiner) else None
+            refined = self.refine(prompt, source, extra) if (source and not spec.disable_prompt_refiner) else None
             if refined is not None and not spec.disable_guardrail:
-                self.text_check(refined, "refined prompt")
+                self.text_check(refined, "refined prompt", extra)
             return refined
 
         # guardrail and refiner run once (rank 0); every rank then encodes the same text
@@ -235,14 +246,17 @@ class Video2WorldPipeline:
         text = refined or prompt
 
         t0 = time.perf_counter()
-        # offloaded T5 lives on the CPU and visits the GPU only for prompts it has not encoded yet
-        emb = self.text_encoder.encode([text, negative_prompt], run_on=self.device if self.build.offload_text_encoder else None)
-        emb = parallel.broadcast_tensor(emb.to(self.device, self.dtype))  # bit-identical on every rank
+        with phase(self.ev, "text_encode", key, **extra):
+            # offloaded T5 lives on the CPU and visits the GPU only for prompts it has not encoded yet
+            emb = self.text_encoder.encode([text, negative_prompt],
+                                           run_on=self.device if self.build.offload_text_encoder else None)
+            emb = parallel.broadcast_tensor(emb.to(self.device, self.dtype))  # bit-identical on every rank
         cond_emb, uncond_emb = emb[0:1], emb[1:2]
         timings["text_encode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        conditioning = self.conditioning(input_path, frames, spec.num_conditional_frames, spec.aspect_ratio)
+        with phase(self.ev, "vae_encode", key, **extra):
+            conditioning = self.conditioning(input_path, frames, spec.num_conditional_frames, spec.aspect_ratio)
         timings["vae_encode_s"] = time.perf_counter() - t0
 
         shape = tuple(conditioning.gt.shape)
@@ -250,13 +264,17 @@ class Video2WorldPipeline:
         sigmas = sampling.sigma_schedule(spec.num_steps)
         x0_fn = sampling.make_x0_fn(self.dit, cond_emb, uncond_emb, spec.guidance, conditioning)
 
-        extra = step_fields or {}
+        steps = spec.num_steps
+        first_step: list[float] = []
 
         def on_step(i: int, total: int, seconds: float) -> None:
             # only rank 0 hears a cancel request; every rank must stop at the same step
             if parallel.any_rank(cancel is not None and cancel.is_set()):
                 raise Cancelled("cancelled by the user")
-            self.ev("step", step=i, total=total, seconds=round(seconds, 4), **extra)
+            first_step[:] = first_step or [seconds]
+            # the steps the user asked for; the sampler's extra clean evaluation is told apart
+            final = {"final": True} if i > steps else {}
+            self.ev("step", step=min(i, steps), total=steps, seconds=round(seconds, 4), **extra, **final)
 
         t0 = time.perf_counter()
         base = getattr(self.dit, "dit", self.dit)  # the MiniTrainDIT under a graph-step or parallel wrapper
@@ -268,12 +286,20 @@ class Video2WorldPipeline:
             self.ev.log(f"fast mode (experimental): step cache at threshold {spec.fast_threshold:g}; "
                         f"the video differs from the exact path")
         base.step_cache = cache
+        cold = not self._denoised
+        fast = {"fast_threshold": spec.fast_threshold} if spec.fast_threshold > 0 else {}
         try:
-            with torch.inference_mode():
-                x0 = sampling.sample(x0_fn, noise, sigmas, callback=on_step)
+            with phase(self.ev, "denoise", key, steps=steps, **fast, **extra) as done:
+                with torch.inference_mode():
+                    x0 = sampling.sample(x0_fn, noise, sigmas, callback=on_step)
+                self._sync()
+                # units: network evaluations (steps + the final clean pass); cold: the first of this
+                # pipeline, whose first step includes compilation (the ETA charges that to loading)
+                done.update(units=len(sigmas), cold=cold,
+                            first_step_s=round(first_step[0], 6) if first_step else None)
         finally:
             base.step_cache = None  # a warm pipeline's next job starts exact unless it asks again
-        self._sync()
+        self._denoised = True
         timings["denoise_s"] = time.perf_counter() - t0
         if cache is not None:
             self.ev.log(cache.summary())
@@ -284,16 +310,18 @@ class Video2WorldPipeline:
                                     seed=seed, timings=timings, latent=x0[0].float().cpu())
 
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            video = self.vae.decode(x0.to(self.dtype)).float()[0]
-        self._sync()
+        with phase(self.ev, "vae_decode", key, **extra):
+            with torch.inference_mode():
+                video = self.vae.decode(x0.to(self.dtype)).float()[0]
+            self._sync()
         timings["vae_decode_s"] = time.perf_counter() - t0
         self.report_memory()
 
         video = video.cpu()
         checks: list[str] = []
         if not spec.disable_guardrail:
-            video = self.video_check(video)
+            with phase(self.ev, "guardrail", key, target="video", **extra):
+                video = self.video_check(video)
             checks = self.guardrail.take_ran()
             note = (" (tiny profile, blocklist only: Llama Guard 3, the video safety filter and face "
                     "pixelation are not part of it)") if self.guardrail.profile == "tiny" else ""

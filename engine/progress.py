@@ -36,7 +36,7 @@ def describe(ev: dict) -> str | None:
         detail = ", ".join(str(b) for b in bits if b)
         return f"started {ev.get('mode') or spec.get('mode') or 'job'}" + (f" ({detail})" if detail else "")
     if kind == "step":
-        line = f"step {_of(ev.get('step'), ev.get('total'))}"
+        line = "final pass" if ev.get("final") else f"step {_of(ev.get('step'), ev.get('total'))}"
         if ev.get("seconds") is not None:
             line += f"  {float(ev['seconds']):.2f} s/step"
         if ev.get("chunk") is not None:
@@ -44,6 +44,10 @@ def describe(ev: dict) -> str | None:
         if ev.get("generation") is not None:
             line += f"  generation {ev['generation']}"
         return line
+    if kind == "phase":
+        if ev.get("state") != "end" or not ev.get("ok"):
+            return None
+        return f"{str(ev.get('phase')).replace('_', ' ')} took {float(ev.get('seconds') or 0):.2f} s"
     if kind == "chunk":
         line = f"chunk {_of(ev.get('chunk'), ev.get('total'))} done"
         if ev.get("frames") is not None:

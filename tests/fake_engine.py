@@ -10,12 +10,15 @@ does is read from words in its prompt, so tests steer faults without loading any
   invalid    raise engine.spec.InputError (reason invalid)
   crash      kill the engine process outright mid-job (exit code 3, no terminal event)
   boom       raise an ordinary exception (reason crash, the server survives)
+  phases     also send phase events as the real pipeline does (loading on the engine's first job, text
+             encode, VAE encode, denoise around the steps, VAE decode, writing), for the ETA
 otherwise it runs spec.num_steps quick steps (at most 5) and writes a small file at save_path.
 Every job reports a peak memory of 1000 * job id bytes and the engine pid in `started`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,7 +29,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import events  # noqa: E402
+from engine.phases import key_fields, phase  # noqa: E402
 from engine.spec import InputError  # noqa: E402
+
+
+_LOADED = []  # this engine process has "loaded its model" (the first job with phases pays it)
+
+
+@contextlib.contextmanager
+def _phases(ev, spec, on: bool, steps: int):
+    if not on:
+        yield
+        return
+    key = key_fields(spec)
+    if not _LOADED:
+        with phase(ev, "loading", key, component="pipeline"):
+            time.sleep(0.05)
+        _LOADED.append(True)
+    for name in ("text_encode", "vae_encode"):
+        with phase(ev, name, key):
+            time.sleep(0.01)
+    with phase(ev, "denoise", key, steps=steps) as done:
+        yield
+        done.update(units=steps, cold=False)
+    with phase(ev, "vae_decode", key):
+        time.sleep(0.01)
 
 
 def fake_run_job(spec, emit, pipeline=None, cancel=None):
@@ -52,15 +79,17 @@ def fake_run_job(spec, emit, pipeline=None, cancel=None):
         if w.startswith("sleep:"):
             seconds = float(w.split(":", 1)[1])
     total = max(1, int(seconds / 0.1)) if seconds else min(spec.num_steps, 5)
-    for i in range(1, total + 1):
-        if cancel is not None and cancel.is_set():
-            return []
-        time.sleep(0.1 if seconds else 0.01)
-        ev("step", step=i, total=total, seconds=0.1 if seconds else 0.01)
+    with _phases(ev, spec, "phases" in words, total):
+        for i in range(1, total + 1):
+            if cancel is not None and cancel.is_set():
+                return []
+            time.sleep(0.1 if seconds else 0.01)
+            ev("step", step=i, total=total, seconds=0.1 if seconds else 0.01)
     ev.log("fake engine finished sampling")
     out = Path(spec.save_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"fake video for {spec.prompt!r}\n")
+    with (phase(ev, "writing", key_fields(spec), frames=1) if "phases" in words else contextlib.nullcontext()):
+        out.write_text(f"fake video for {spec.prompt!r}\n")
     ev("output", path=str(out.resolve()), kind="video")
     return [str(out.resolve())]
 

@@ -46,7 +46,9 @@ def test_single_video_writes_mp4_and_sidecars(tmp_path):
     assert record["seed"] == 0 and record["spec"]["model_size"] == "tiny"
     assert {"denoise_s", "vae_decode_s"} <= set(record["timings"])
     steps = [e for e in evs if e["event"] == "step"]
-    assert [e["step"] for e in steps] == [1, 2, 3] and all(e["total"] == 3 for e in steps)
+    # the 2 steps asked for, then the sampler's final clean pass told apart (never "step 3/2" or "3/3")
+    assert [(e["step"], e.get("final", False)) for e in steps] == [(1, False), (2, False), (2, True)]
+    assert all(e["total"] == 2 for e in steps)
     assert [e["kind"] for e in evs if e["event"] == "output"] == ["video", "prompt", "spec"]
 
 

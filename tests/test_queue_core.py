@@ -140,8 +140,8 @@ def test_the_job_wire_type_round_trips_and_refuses_what_is_not_a_job():
            "step": 5, "total_steps": 10, "sec_per_step": 2.0, "chunk": 2}
     job = Job.from_row(row, place=None)
     assert job.num_chunks == 4 and job.held is False
-    # 5 steps of chunk 2, then 10 of each of chunks 3 and 4: 25 steps of 2 s
-    assert job.eta_s == 50.0
+    # the ETA is the daemon's phase-aware one (cosmos_tui/phase_timing.py), handed in, not guessed here
+    assert job.eta_s is None and Job.from_row(row, eta_s=50.0, eta_partial=True).eta_partial is True
     wire = job.to_wire()
     assert "position" not in wire and Job.from_wire(wire) == job
     assert Job.from_wire({"id": 1, "state": "done", "from_a_newer_daemon": 1}).state == "done"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from cosmos_tui import paths
+from cosmos_tui import paths, phase_timing
 from cosmos_tui.daemon.log import log
 from cosmos_tui.queue.core import edit_problem, removal_problem, to_clean
 from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, edit_spec, resolve_spec, resolved_path
@@ -285,6 +285,7 @@ def op_queue(d, req):
         "gpu_backend": getattr(d.gpu, "kind", "?"),
         "gpu_count": d.gpu_count,
         "warnings": d.warnings,
+        **phase_timing.queue_fields(d.etas()),  # eta_s, eta_partial: until the whole queue is done
     }
 
 

@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from cosmos_tui.phase_timing import describe as describe_phase
+
 
 def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [daemon {os.getpid()}] {message}", file=sys.stderr, flush=True)
@@ -19,8 +21,11 @@ def describe(ev: dict) -> str:
         return f"{(ev.get('level') or 'info').upper()} {ev.get('message')}"
     if kind == "step":
         extra = "".join(f" {k} {ev[k]}" for k in ("chunk", "generation") if ev.get(k) is not None)
+        extra += " (final pass)" if ev.get("final") else ""
         secs = ev.get("seconds")
         return f"step {ev.get('step')}/{ev.get('total')}{extra}" + (f" ({secs:.2f} s)" if isinstance(secs, (int, float)) else "")
+    if kind == "phase":
+        return describe_phase(ev)
     if kind == "failed":
         return f"FAILED ({ev.get('reason')}): {ev.get('error')}"
     rest = {k: v for k, v in ev.items() if k not in ("event", "job", "t", "spec")}

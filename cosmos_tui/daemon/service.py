@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cosmos_tui import paths
+from cosmos_tui import paths, phase_timing
 from cosmos_tui.daemon import engines as engine_procs
 from cosmos_tui.daemon.engines import Engine
 from cosmos_tui.daemon.log import describe, log
@@ -252,6 +252,8 @@ class Daemon:
             self.store.update(job, **decision.columns)
         for path, kind in decision.outputs:
             self.store.add_output(job, path, kind)
+        if ev.get("event") == "phase":
+            phase_timing.record_samples(self.store, job, ev, warn=log)  # what the ETA learns
         if decision.critic:
             self.store.add_critic(job, ev)
 
@@ -362,7 +364,14 @@ class Daemon:
 
     # -- jobs for clients --
 
-    def job_wire(self, row: dict, place: int | None = None, states: dict[int, str] | None = None) -> dict:
+    def etas(self):
+        """Phase-aware ETAs of every running and queued job and of the whole queue (queue/eta.py)."""
+        skip = [j for j, cols in self.unsaved.items() if cols.get("state") not in ("queued", "running")]
+        return phase_timing.queue_etas(self.store, list(range(self.gpu_count)), self.engine_views(), self.paused,
+                                       skip, now=self.clock())
+
+    def job_wire(self, row: dict, place: int | None = None, states: dict[int, str] | None = None,
+                 etas=None) -> dict:
         """The wire form (queue.job.Job) of a store row, with what only the daemon knows: changes
         the store could not take, outputs, critic answers, the place and what it waits for."""
         row = {**row, **self.unsaved.get(row["id"], {})}
@@ -373,14 +382,15 @@ class Daemon:
             row, outputs=self.store.outputs(row["id"]), critic=self.store.critic(row["id"]),
             log_path=str(paths.job_log_path(row["id"])), place=place,
             wait_reason=wait_reason(row, place, self.paused, states),
+            **phase_timing.wire_fields(row, etas or self.etas()),
         ).to_wire()
 
     def jobs_wire(self, states=None) -> list[dict]:
         rows = self.store.jobs(states)
         every = {j["id"]: j["state"] for j in (rows if not states else self.store.jobs())}
-        out, place = [], 0
+        out, place, etas = [], 0, self.etas()
         for r in rows:
             if r["state"] == "queued":
                 place += 1
-            out.append(self.job_wire(r, place if r["state"] == "queued" else None, every))
+            out.append(self.job_wire(r, place if r["state"] == "queued" else None, every, etas))
         return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cosmos_tui.queue.eta import phase_columns, started_columns
+
 def model_key(spec: dict) -> tuple:
     """Can a warm engine that ran one job take another? Only when their keys are equal. The one
     definition is the engine's own (engine.spec.build_key: every BuildConfig field, the offload and
@@ -179,6 +181,10 @@ def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
             cols["sec_per_step"] = (seconds if prev is None
                                     else (1 - STEP_TIME_SMOOTHING) * prev + STEP_TIME_SMOOTHING * seconds)
         return Decision(columns=cols)
+    if kind == "phase":  # where the job is now; the daemon also learns the durations (phase_timing)
+        return Decision(columns=phase_columns(job.get("phase"), ev))
+    if kind == "started":
+        return Decision(columns=started_columns(ev))
     if kind == "chunk":
         return Decision(columns={"chunk": ev.get("chunk"), "num_chunks": ev.get("total")})
     if kind == "generation":
@@ -205,7 +211,7 @@ def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
                         state_columns={"finished": t, "error": ev.get("error") or "failed", "reason": reason},
                         pause=(f"job {job.get('id')} ran out of GPU memory; change its settings (or free the "
                                f"GPU), then resume the queue") if oom else None)
-    return Decision()  # started, log, phase...: stored and logged, nothing else changes
+    return Decision()  # log, output of text...: stored and logged, nothing else changes
 
 
 # -- removing, cleaning and editing jobs (pueue's remove / clean / edit) --

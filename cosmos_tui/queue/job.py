@@ -37,7 +37,11 @@ class Job:
     generation: int | None = None
     num_generations: int | None = None
     sec_per_step: float | None = None
+    # phase-aware (cosmos_tui/phase_timing.py): seconds until done, queued jobs' wait included; partial:
+    # some phase of its model was never measured, so eta_s is a lower bound; phase: what it does now
     eta_s: float | None = None
+    eta_partial: bool = False
+    phase: dict | None = None
     peak_mem: int | None = None
     # where and how it runs
     gpus: list[int] = field(default_factory=list)
@@ -72,8 +76,6 @@ class Job:
             job.num_chunks = job.spec.get("num_chunks")
         if job.num_generations is None and job.mode == "bestofn":
             job.num_generations = job.spec.get("num_generations")
-        if job.state == JobState.RUNNING.value and "eta_s" not in extra:
-            job.eta_s = step_eta(job)
         return job
 
     def to_wire(self) -> dict:
@@ -96,15 +98,3 @@ class Job:
     def terminal(self) -> bool:
         return JobState(self.state).terminal
 
-
-def step_eta(job: Job) -> float | None:
-    """Seconds left from the per-step time alone (the remaining steps of this chunk / generation
-    and all steps of the ones still to come)."""
-    sps, step, total = job.sec_per_step, job.step, job.total_steps
-    if not sps or not total or step is None:
-        return None
-    remaining = total - step
-    for done, units in ((job.chunk, job.num_chunks), (job.generation, job.num_generations)):
-        if units:
-            remaining += max(0, units - (done or 1)) * total
-    return remaining * sps

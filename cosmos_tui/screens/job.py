@@ -13,7 +13,7 @@ from textual.widgets import Footer, Input, Sparkline, Static, TabbedContent, Tab
 from cosmos_tui import images
 from cosmos_tui.messages import EventsFetched
 from cosmos_tui.widgets import format as fmt
-from cosmos_tui.widgets import spec_view
+from cosmos_tui.widgets import phase_text, spec_view
 from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.contact_sheet import ContactSheet
 from cosmos_tui.widgets.log_view import LogView
@@ -30,11 +30,12 @@ def head_line(job: dict) -> str:
 
 
 def progress_text(job: dict, clock) -> str:
-    frac = fmt.progress_fraction(job)
+    frac = phase_text.overall(job, fmt.elapsed(job, clock))  # the queue row's bar says the same
     pct = f"{int(frac * 100)}%" if frac is not None else "-"
     lines = [
         f"{fmt.bar(frac, 30)} {pct}",
         fmt.units_line(job),
+        *([f"phase: {phase_text.phase_line(job)}"] if phase_text.phase_line(job) else []),
         f"ETA {fmt.eta(job)} · {_sps(job)} · elapsed {fmt.duration(fmt.elapsed(job, clock))} · "
         f"GPUs {fmt.gpus_cell(job)} · peak {fmt.gib(job.get('peak_mem'), 2)}",
     ]
@@ -81,6 +82,7 @@ class JobScreen(QuietBackground, Screen):
         self.last_seq = 0
         self.step_seconds: list[float] = []
         self.memory_gib: list[float] = []
+        self.phase_events: list[dict] = []
         self._fetching = False
 
     def compose(self) -> ComposeResult:
@@ -91,6 +93,7 @@ class JobScreen(QuietBackground, Screen):
             with TabPane("Progress", id="tab-progress"):
                 with VerticalScroll():
                     yield QuietStatic(id="job-progress", markup=False)
+                    yield QuietStatic(id="job-phases", markup=False)
                     yield QuietStatic("seconds per step", classes="plot-label", markup=False)
                     yield Sparkline([], id="spark-step")
                     yield QuietStatic("GPU memory allocated (GiB)", classes="plot-label", markup=False)
@@ -110,6 +113,7 @@ class JobScreen(QuietBackground, Screen):
 
     def on_mount(self) -> None:
         self.query_one("#log-search", Input).display = False
+        self.query_one("#job-phases", Static).display = False  # until the job reports a phase
         self.app.jobs_changed.subscribe(self, self._jobs_changed)
         self._jobs_changed(self.app.jobs)
 
@@ -155,6 +159,10 @@ class JobScreen(QuietBackground, Screen):
                 value = ev.get("allocated", ev.get("peak"))
                 if isinstance(value, (int, float)):
                     self.memory_gib.append(value / 1024**3)
+        self.phase_events += [e for e in message.events if e.get("event") == "phase"]
+        phases = self.query_one("#job-phases", Static)
+        phases.update(phase_text.summary(self.phase_events))
+        phases.display = bool(self.phase_events)
         if message.events:
             set_data(self.query_one("#spark-step", Sparkline), self.step_seconds[-MAX_POINTS:])
             set_data(self.query_one("#spark-mem", Sparkline), self.memory_gib[-MAX_POINTS:])

@@ -8,6 +8,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from cosmos_tui.screens.commands import bindings
+from cosmos_tui.widgets import phase_text
 from cosmos_tui.widgets.banner import ConnectionBanner, DemoBanner
 from cosmos_tui.widgets.queue_table import FILTERS, QueueTable
 from cosmos_tui.widgets.quiet import QuietBackground, QuietStatic
@@ -26,7 +27,8 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None, text_filter: 
     if text_filter:
         shown += " · find: " + "".join(c if c.isprintable() else "?" for c in text_filter)
     # the filters first: they say why rows are missing, and a narrow terminal cuts the end
-    return f"queue {head} · {shown} · " + (", ".join(parts) or "no jobs")
+    # the queue's ETA next to its state (cosmos_tui/queue/eta.py), then the filters and the counts
+    return f"queue {head}{phase_text.queue_eta(queue)} · {shown} · " + (", ".join(parts) or "no jobs")
 
 
 class QueueScreen(QuietBackground, Screen):

@@ -70,9 +70,11 @@ def elapsed(job: dict, clock: Callable[[], float] = time.time) -> float | None:
 
 
 def eta(job: dict) -> str:
-    if job.get("state") != "running":
+    """Until the job is done (a queued job's wait included); "+": at least that, some phase of its model
+    was never measured (the daemon's phase-aware ETA, cosmos_tui/queue/eta.py)."""
+    if job.get("state") not in ("running", "queued") or job.get("eta_s") is None:
         return "-"
-    return duration(job.get("eta_s"))
+    return duration(job["eta_s"]) + ("+" if job.get("eta_partial") else "")
 
 
 def gib(n: float | None, digits: int = 1) -> str:

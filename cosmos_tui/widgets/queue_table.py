@@ -16,6 +16,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey, RowKey
 
 from cosmos_tui.widgets import format as fmt
+from cosmos_tui.widgets import phase_text
 
 # (key, label, width); the prompt column takes whatever width the others leave
 COLUMNS = (
@@ -88,7 +89,7 @@ def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: i
         "progress": (("held" + (f" (#{job['place']})" if job.get("place") else ""))
                      if job.get("state") == "queued" and job.get("held")
                      else f"#{job['place']} in queue" if job.get("state") == "queued" and job.get("place")
-                     else fmt.progress_cell(job)),
+                     else phase_text.row_progress(job, fmt.elapsed(job, clock)) or fmt.progress_cell(job)),
         "eta": fmt.eta(job),
         "gpus": fmt.gpus_cell(job),
         "peak": fmt.gib(job.get("peak_mem")),

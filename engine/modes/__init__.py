@@ -29,8 +29,18 @@ def run_job(spec: GenerationSpec, emit: events.Emit | None = None, pipeline=None
     if spec.input_path == io.DEMO_INPUT_PATH and not spec.skip_generation:
         io.ensure_demo_input(spec.input_path)  # the tiny preset's input is drawn on first use
     runner: Callable = {"video2world": video2world.run, "lvg": lvg.run, "bestofn": bestofn.run}[spec.mode]
-    ev("started", mode=spec.mode, spec=spec.model_dump())
+    # warm: this process already holds the job's pipeline, so no loading phase comes (the ETA's first guess)
+    ev("started", mode=spec.mode, spec=spec.model_dump(), warm=pipeline is not None or _holds_pipeline(spec))
     return runner(spec, ev, pipeline=pipeline, cancel=cancel)
+
+
+def _holds_pipeline(spec: GenerationSpec) -> bool:
+    import sys
+
+    from engine.spec import build_key
+
+    warm = getattr(sys.modules.get("engine.pipeline"), "_WARM", None)  # never imported: nothing is warm
+    return bool(warm) and build_key(spec) in warm
 
 
 def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):

@@ -52,7 +52,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
             path = candidate_path(spec, seed)
             if not parallel.is_main():
                 continue  # rank 0 writes and scores
-            outputs += write_result(spec, result, path, ev)
+            outputs += write_result(spec, result, path, ev,
+                                    phase_fields={"generation": g + 1, "num_generations": spec.num_generations})
             videos.append(path)
             ev("generation", generation=g + 1, total=spec.num_generations, seed=seed, path=str(path))
         if not parallel.is_main():
@@ -60,16 +61,24 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         # the critic needs the GPU the generator holds (14B best-of-N on an 80 GB card)
         pipe.offload_generator()
 
-    judge = _critic(spec, pipe, ev)
+    from engine.phases import key_fields, phase
+
+    key = key_fields(spec)
+    with phase(ev, "loading", key, component="critic"):
+        judge = _critic(spec, pipe, ev)
     results = []
     for i, video in enumerate(videos):
         if cancel is not None and cancel.is_set():
             from engine.pipeline import Cancelled
 
             raise Cancelled("cancelled by the user")
-        texts = judge.critique_video(str(video), trials=spec.num_critic_trials, seed=spec.seed)
-        trials = [critic.parse_trial(t) for t in texts]
-        result = critic.write_report(video, trials, out_dir)
+        # the critic samples a video's trials in one batch (num_return_sequences), so one phase covers
+        # trials 1..T of video i; `units` = T lets the ETA charge per trial
+        with phase(ev, "critic", key, video=i + 1, videos=len(videos), trials=spec.num_critic_trials,
+                   units=spec.num_critic_trials):
+            texts = judge.critique_video(str(video), trials=spec.num_critic_trials, seed=spec.seed)
+            trials = [critic.parse_trial(t) for t in texts]
+            result = critic.write_report(video, trials, out_dir)
         for p in (result.json_path, result.html_path):
             outputs.append(p)
             ev("output", path=p, kind="report")

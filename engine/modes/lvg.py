@@ -107,7 +107,11 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         full = new if full is None else torch.cat([full, new], dim=1)
         if k + 1 < spec.num_chunks:
             # the partial video; the finished one is written once below, with its sidecars
-            io.write_video(out, full, spec.fps)
+            from engine.phases import key_fields, phase
+
+            with phase(ev, "writing", key_fields(spec), frames=int(full.shape[1]), partial=True,
+                       chunk=k + 1, num_chunks=spec.num_chunks):
+                io.write_video(out, full, spec.fps)
             ev("chunk", chunk=k + 1, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
     if not main:
         return []
@@ -122,7 +126,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     refined = list(state["refined_prompts"])
     result.refined_prompt = None
     outputs = write_result(spec, result, out, ev, refined=refined,
-                           extra={"chunks": spec.num_chunks, "refined_prompts": refined, "frames": int(full.shape[1])})
+                           extra={"chunks": spec.num_chunks, "refined_prompts": refined, "frames": int(full.shape[1])},
+                           phase_fields={"chunk": spec.num_chunks, "num_chunks": spec.num_chunks})
     if done < spec.num_chunks:
         ev("chunk", chunk=spec.num_chunks, total=spec.num_chunks, frames=int(full.shape[1]), path=str(out))
     shutil.rmtree(d, ignore_errors=True)

@@ -22,7 +22,8 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     result = None
     for r in range(runs):
         t0 = time.perf_counter()
-        result = pipe.generate(spec, spec.input_path, seed=spec.seed, cancel=cancel)
+        result = pipe.generate(spec, spec.input_path, seed=spec.seed, cancel=cancel,
+                               step_fields={"run": r + 1, "runs": runs} if spec.benchmark else None)
         times.append(time.perf_counter() - t0)
         if spec.benchmark:
             ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
@@ -34,23 +35,27 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         timings["benchmark_mean_s"] = sum(timed) / len(timed)
         timings["benchmark_runs_s"] = timed
         ev.log(f"benchmark: mean of {len(timed)} timed runs {timings['benchmark_mean_s']:.2f}s")
-    return write_result(spec, result, Path(spec.save_path), ev, timings)
+    return write_result(spec, result, Path(spec.save_path), ev, timings,
+                        phase_fields={"run": runs, "runs": runs} if spec.benchmark else None)
 
 
 def write_result(spec: GenerationSpec, result, path: Path, ev: events.Emitter, timings: dict | None = None,
-                 extra: dict | None = None, refined: list | None = None) -> list[str]:
+                 extra: dict | None = None, refined: list | None = None, phase_fields: dict | None = None) -> list[str]:
     """The mp4, the prompt .txt and the spec/seed/timings .json, each announced as an `output` event.
-    `refined`: long video's refined prompt per chunk, one .txt section each, instead of result's one."""
+    `refined`: long video's refined prompt per chunk, one .txt section each, instead of result's one.
+    `phase_fields`: which chunk / generation this write belongs to, for its `writing` phase event."""
     from engine import io
+    from engine.phases import key_fields, phase
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fps = spec.fps
-    io.write_video(path, result.video, fps)
-    txt = io.write_prompt_sidecar(path, result.prompt, result.negative_prompt,
-                                 refined if refined is not None else result.refined_prompt)
-    js = io.write_job_record(path, spec, result.seed, timings or result.timings,
-                             refined_prompt=result.refined_prompt,
-                             **{"guardrail_checks": list(getattr(result, "guardrail_checks", [])), **(extra or {})})
+    with phase(ev, "writing", key_fields(spec), frames=int(result.video.shape[1]), **(phase_fields or {})):
+        io.write_video(path, result.video, fps)
+        txt = io.write_prompt_sidecar(path, result.prompt, result.negative_prompt,
+                                     refined if refined is not None else result.refined_prompt)
+        js = io.write_job_record(path, spec, result.seed, timings or result.timings,
+                                 refined_prompt=result.refined_prompt,
+                                 **{"guardrail_checks": list(getattr(result, "guardrail_checks", [])), **(extra or {})})
     outputs = [str(path), str(txt), str(js)]
     for p, kind in zip(outputs, ("video", "prompt", "spec")):
         ev("output", path=p, kind=kind)
