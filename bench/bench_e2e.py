@@ -181,7 +181,10 @@ def run_peer(args, t5, tok, our_net_cfg, device, dtype, w, h, frames, out_dir: P
     del net
     vae = (AutoencoderKLWan(base_dim=8) if args.model_size == "tiny" else AutoencoderKLWan()).to(device, dtype).eval()
     random_weights_(vae, seed=3)
-    pipe = Cosmos2VideoToWorldPipeline(text_encoder=t5.to(device), tokenizer=tok, transformer=transformer, vae=vae,
+    # diffusers is run as its users load it (torch_dtype=bf16 for the whole pipeline): its pipeline feeds the
+    # text encoder's output to the transformer uncast, so an fp32 T5 would not even run
+    t5 = t5.to(device) if dtype == torch.float32 else t5_11b_encoder(device).to(dtype)
+    pipe = Cosmos2VideoToWorldPipeline(text_encoder=t5, tokenizer=tok, transformer=transformer, vae=vae,
                                        scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
                                        safety_checker=NoSafetyCheck())
     pipe.set_progress_bar_config(disable=True)

@@ -19,3 +19,5 @@ case "$part" in
         run 200 h200_bestofn_memory_14b bench/bench_bestofn_memory.py --model_size 14B
         ;;
 esac
+# the second call of 2026-12-03: what the first left undone
+[ "$part" = C ] && run 420 h200_e2e_2b_dense bench/bench_e2e.py --model_size 2B --fps 16
