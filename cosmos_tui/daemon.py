@@ -40,6 +40,7 @@ import traceback
 from pathlib import Path
 
 from cosmos_tui import paths
+from cosmos_tui.executors.slurm import SlurmExecutor
 from cosmos_tui.queue.core import (MODEL_KEY_FIELDS, EngineView, Evict, Start, dependency_failed, model_key, plan,
                                    waiting_on)
 from cosmos_tui.queue.resolve import SubmitError, check_inputs, check_save_path, resolve_spec
@@ -222,6 +223,8 @@ class Daemon:
         # state changes the store could not take (disk full): shown to clients until stored
         self.unsaved: dict[int, dict] = {}
         self.started = time.time()
+        # jobs whose spec says executor = "slurm" run on a cluster instead of a local engine
+        self.slurm = SlurmExecutor(self)
         paths.ensure_log_dir()
 
     # -- start-up and shutdown --
@@ -235,6 +238,7 @@ class Daemon:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
             self._job_log(job["id"], "the daemon stopped while this job ran: marked interrupted")
+        self.slurm.recover(interrupted)
         if interrupted:
             ids = ", ".join(str(j["id"]) for j in interrupted)
             self.set_paused(True, f"job(s) {ids} were interrupted when the daemon stopped; retry them, then resume")
@@ -252,6 +256,7 @@ class Daemon:
             self.wake.set()
 
     async def shutdown(self, interrupted_reason: str) -> None:
+        await self.slurm.shutdown(interrupted_reason)
         for eng in list(self.engines):
             if eng.job is not None:
                 job = eng.job
@@ -303,6 +308,8 @@ class Daemon:
                     states[j["id"]] = "failed"
                     queued.remove(j)
             done = {i for i, st in states.items() if st == "done"}
+            # Slurm jobs go to the cluster as soon as they may start; plan() places the rest on local GPUs
+            queued = await self.slurm.dispatch(queued, lambda j: waiting_on(j, done) is None)
             decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done)
             if not await self._carry_out(decisions, {j["id"]: j for j in queued}):
                 return
@@ -767,6 +774,8 @@ class Daemon:
         if row["state"] == "queued":
             self.finish_cancelled(jid)
             return "cancelled"
+        if self.slurm.owns(jid):
+            return await self.slurm.cancel(jid)
         eng = next((e for e in self.engines if e.job == jid), None)
         if eng is None:
             self.finish_cancelled(jid)
@@ -864,7 +873,7 @@ class Daemon:
         return str(paths.job_log_path(self._job_id(req)))
 
     async def op_shutdown(self, req):
-        running = [e.job for e in self.engines if e.job is not None]
+        running = [e.job for e in self.engines if e.job is not None] + list(self.slurm.runs)
         if running and not req.get("force"):
             raise RequestError(
                 f"job(s) {', '.join(map(str, running))} are running; cancel them first or stop with force "

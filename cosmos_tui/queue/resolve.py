@@ -74,7 +74,8 @@ def resolve_spec(overrides, preset: str | None, gpu_count: int, source: str = ""
         spec = spec_from_dict({**base, **overrides}, source=source.rstrip(": "))
     except SpecError as err:
         raise SubmitError(str(err)) from None
-    if spec.num_gpus > gpu_count:
+    # a Slurm job's GPUs are the cluster's (slurm_nodes x slurm_gpus_per_node), not this machine's
+    if spec.executor == "local" and spec.num_gpus > gpu_count:
         raise SubmitError(
             f"{source}num_gpus: {spec.num_gpus} GPUs asked for but this machine has {gpu_count}; "
             f"set num_gpus to at most {gpu_count}"
