@@ -44,7 +44,8 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def render_conf(root: Path, node: str, ctld_port: int, slurmd_port: int, cpus: int, munge_socket: Path) -> str:
+def render_conf(root: Path, node: str, ctld_port: int, slurmd_port: int, cpus: int, munge_socket: Path,
+                clock_rate: int = 1) -> str:
     return "\n".join([
         "ClusterName=cosmostui",
         f"SlurmctldHost={socket.gethostname()}(127.0.0.1)",
@@ -74,9 +75,10 @@ def render_conf(root: Path, node: str, ctld_port: int, slurmd_port: int, cpus: i
         "ReturnToService=2",
         # fast turnarounds: a test waits for these, so keep them short
         "KillWait=2",
-        "MinJobAge=3600",
+        f"MinJobAge={3600 * clock_rate}",
         "SlurmctldTimeout=30",
-        "SlurmdTimeout=60",
+        # on a fast clock (see SlurmCluster) slurmctld's seconds are short: keep the node alive
+        f"SlurmdTimeout={60 * clock_rate}",
         "InactiveLimit=0",
         "MessageTimeout=20",
         f"NodeName={node} NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
@@ -86,8 +88,13 @@ def render_conf(root: Path, node: str, ctld_port: int, slurmd_port: int, cpus: i
 
 
 class SlurmCluster:
-    def __init__(self, root: Path):
+    """`clock_rate` > 1 runs slurmctld under libfaketime with its clock that many times faster:
+    Slurm's time limits are whole minutes, checked every 30 s, so a real time-limit kill takes a
+    minute and a half; at 30x it takes a few seconds, through the same code in slurmctld."""
+
+    def __init__(self, root: Path, clock_rate: int = 1):
         self.root = root
+        self.clock_rate = clock_rate
         self.node = "ctnode"
         self.partition = "debug"
         self.conf = root / "slurm.conf"
@@ -139,9 +146,15 @@ class SlurmCluster:
         self._wait(lambda: self.munge_socket.exists(), "munged", "munged")
         ctld_port, slurmd_port = _free_ports(2)
         self.conf.write_text(render_conf(self.root, self.node, ctld_port, slurmd_port, os.cpu_count() or 1,
-                                         self.munge_socket))
+                                         self.munge_socket, self.clock_rate))
         sbin = lambda b: shutil.which(b) or f"/usr/sbin/{b}"  # noqa: E731
-        self._spawn("slurmctld", [sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)])
+        clock = []
+        if self.clock_rate != 1:
+            if shutil.which("faketime") is None:
+                raise ClusterUnavailable("a fast-clock cluster needs libfaketime; install it with "
+                                         "`apt-get install -y faketime` (.ci/run does)")
+            clock = ["faketime", "-f", f"+0 x{self.clock_rate}"]
+        self._spawn("slurmctld", [*clock, sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         self._spawn("slurmd", [sbin("slurmd"), "-D", "-N", self.node, "-f", str(self.conf)])
         self._wait(self._node_idle, "the node to be idle in sinfo", "slurmctld")
         return self
@@ -188,10 +201,9 @@ class SlurmCluster:
                     pass
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
+def _cluster(clock_rate: int = 1):
     root = Path(tempfile.mkdtemp(prefix="ct-slurm-", dir="/tmp"))
-    cluster = SlurmCluster(root)
+    cluster = SlurmCluster(root, clock_rate)
     try:
         cluster.start()
     except (ClusterUnavailable, OSError, subprocess.SubprocessError) as err:
@@ -203,3 +215,14 @@ def slurm_cluster():
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    yield from _cluster()
+
+
+@pytest.fixture(scope="session")
+def slurm_fast_clock_cluster():
+    """slurmctld's clock at 30x: a one-minute time limit strikes after a few real seconds."""
+    yield from _cluster(clock_rate=30)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import stop_daemon
 from cosmos_tui.client import Client
-from slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
+from slurm_cluster import slurm_cluster, slurm_fast_clock_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slurm
 
@@ -27,10 +27,9 @@ def _tiny_image(path: Path) -> None:
     img.save(path)
 
 
-@pytest.fixture
-def slurm_daemon(slurm_cluster, cosmos_home, monkeypatch, tmp_path):  # noqa: F811
-    """A daemon whose Slurm jobs go to the test cluster; its client, and the spec of a tiny job."""
-    for k, v in slurm_cluster.env.items():
+def _daemon_on(cluster, cosmos_home, monkeypatch, tmp_path):
+    """A daemon whose Slurm jobs go to `cluster`; its client, and the spec of a tiny job."""
+    for k, v in cluster.env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("COSMOS_TUI_ENGINE_CMD", raising=False)
     monkeypatch.setenv("COSMOS_TUI_GPU", "demo:1")
@@ -41,7 +40,7 @@ def slurm_daemon(slurm_cluster, cosmos_home, monkeypatch, tmp_path):  # noqa: F8
     spec = {
         "model_size": "tiny", "num_steps": 2, "disable_guardrail": True, "disable_prompt_refiner": True,
         "input_path": str(image), "save_path": str(tmp_path / "slurm.mp4"), "prompt": "a gradient drifts",
-        "executor": "slurm", "slurm_gpus_per_node": 0, "slurm_partition": slurm_cluster.partition,
+        "executor": "slurm", "slurm_gpus_per_node": 0, "slurm_partition": cluster.partition,
         "slurm_time_limit": "10",
     }
     client = Client.connect()
@@ -49,6 +48,16 @@ def slurm_daemon(slurm_cluster, cosmos_home, monkeypatch, tmp_path):  # noqa: F8
         yield client, spec
     finally:
         stop_daemon(cosmos_home)
+
+
+@pytest.fixture
+def slurm_daemon(slurm_cluster, cosmos_home, monkeypatch, tmp_path):  # noqa: F811
+    yield from _daemon_on(slurm_cluster, cosmos_home, monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def fast_clock_daemon(slurm_fast_clock_cluster, cosmos_home, monkeypatch, tmp_path):  # noqa: F811
+    yield from _daemon_on(slurm_fast_clock_cluster, cosmos_home, monkeypatch, tmp_path)
 
 
 def _ended(client, jid, wait_until, timeout=120):
@@ -120,3 +129,45 @@ def test_kill_from_outside_ends_interrupted_with_the_reason(slurm_daemon, wait_u
     job = _ended(client, jid, wait_until)
     assert (job["state"], job["reason"]) == ("interrupted", "killed")
     assert f"Slurm job {slurm_id} ended CANCELLED" in job["error"] and "retry" in job["error"]
+
+
+def test_time_limit_kill_ends_interrupted_with_reason_time_limit(fast_clock_daemon, wait_until):
+    client, spec = fast_clock_daemon
+    jid = client.submit({**spec, "num_steps": 1000, "slurm_time_limit": "1"})
+    slurm_id = _slurm_id(client, jid, wait_until)
+    job = _ended(client, jid, wait_until)
+    assert (job["state"], job["reason"]) == ("interrupted", "time limit"), job["error"]
+    assert f"Slurm job {slurm_id} ended TIMEOUT" in job["error"] and "slurm_time_limit = 1" in job["error"]
+    assert _squeue_state(slurm_id) == "TIMEOUT"
+    assert any(e.get("message") == f"Slurm job {slurm_id}: RUNNING on ctnode" for e in client.events(jid))
+
+
+@pytest.mark.slow
+def test_killed_long_video_resumes_from_its_last_chunk_when_retried(slurm_daemon, wait_until):
+    """Two engine start-ups (the kill, the retry): the slowest test here, ~25 s."""
+    client, spec = slurm_daemon
+    # chunks of ~2 s: the kill lands while chunk 2 or 3 is in work
+    jid = client.submit({**spec, "mode": "lvg", "num_chunks": 3, "num_steps": 40})
+    slurm_id = _slurm_id(client, jid, wait_until)
+    wait_until(lambda: any(e["event"] == "chunk" for e in client.events(jid)), 120, what="the first chunk")
+    subprocess.run(["scancel", "--signal=KILL", str(slurm_id)], check=True, env=os.environ)
+    assert _ended(client, jid, wait_until)["state"] == "interrupted"
+    retry = client.retry(jid)
+    job = _ended(client, retry, wait_until)
+    assert job["state"] == "done", job["error"]
+    events = client.events(retry)
+    resumed = [e["message"] for e in events if (e.get("message") or "").startswith("resuming long video at chunk")]
+    assert resumed, "the retry started over instead of resuming"
+    assert min(e["chunk"] for e in events if e["event"] == "step") >= 2  # chunk 1 was not generated again
+    assert Path(spec["save_path"]).is_file()
+
+
+def test_daemon_stop_cancels_its_slurm_jobs_and_marks_them_interrupted(slurm_daemon, cosmos_home, wait_until):
+    client, spec = slurm_daemon
+    jid = client.submit({**spec, "num_steps": 1000})
+    slurm_id = _slurm_id(client, jid, wait_until)
+    _first_step(client, jid, wait_until)
+    stop_daemon(cosmos_home)
+    wait_until(lambda: _squeue_state(slurm_id) == "CANCELLED", 60, what="the Slurm job to be cancelled")
+    job = Client.connect().job(jid)
+    assert (job["state"], job["reason"]) == ("interrupted", "interrupted")
