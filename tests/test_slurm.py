@@ -4,6 +4,7 @@ and cancels, kills and time limits end them with the right state and reason."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -171,3 +172,61 @@ def test_daemon_stop_cancels_its_slurm_jobs_and_marks_them_interrupted(slurm_dae
     wait_until(lambda: _squeue_state(slurm_id) == "CANCELLED", 60, what="the Slurm job to be cancelled")
     job = Client.connect().job(jid)
     assert (job["state"], job["reason"]) == ("interrupted", "interrupted")
+
+
+def _free_rendezvous_job_id() -> int:
+    """A job id whose rendezvous port (node.sh: 20000 + id % 20000) is free now."""
+    import random
+    import socket
+
+    for _ in range(100):
+        job_id = random.randrange(1, 20000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 20000 + job_id))
+                return job_id
+            except OSError:
+                continue
+    pytest.skip("no free port in 20000..39999 for the rendezvous")
+
+
+@pytest.mark.slow
+def test_two_node_rendezvous_on_the_first_node_of_the_list(slurm_cluster, cosmos_home, monkeypatch, tmp_path):  # noqa: F811
+    """node.sh as srun runs it on each node of a 2-node allocation (here both 'nodes' are this
+    machine): torchrun meets on the first host of $SLURM_JOB_NODELIST, rank 0 on node 0 writes the
+    events, and the job's two ranks finish it together (a static rendezvous of --nnodes=2 does not
+    start until both nodes joined, so an end at all means both were there). ~25 s: two torchruns."""
+    from cosmos_tui.executors.slurm import write_job_files
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    image = tmp_path / "in.png"
+    _tiny_image(image)
+    spec = {"model_size": "tiny", "num_steps": 2, "disable_guardrail": True, "disable_prompt_refiner": True,
+            "input_path": str(image), "save_path": str(tmp_path / "two.mp4"), "prompt": "two nodes",
+            "executor": "slurm", "slurm_nodes": 2, "slurm_gpus_per_node": 0, "num_gpus": 2}
+    from cosmos_tui.queue.resolve import resolve_spec
+
+    spec = resolve_spec(spec, None, gpu_count=0)
+    files = write_job_files(7, spec, str(tmp_path))
+    env = {**os.environ, "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": str(_free_rendezvous_job_id()),
+           "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(["bash", str(files.node_script)], env={**env, "SLURM_NODEID": str(i)},
+                              stderr=open(tmp_path / f"node{i}.log", "wb")) for i in (0, 1)]
+    codes = [p.wait(timeout=240) for p in nodes]
+    logs = "".join((tmp_path / f"node{i}.log").read_text()[-1500:] for i in (0, 1))
+    assert codes == [0, 0], logs
+    events = [json.loads(line) for line in files.events.read_text().splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[-1] == "finished", logs
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    assert steps == sorted(set(steps)) and steps[0] == 1  # one voice: rank 0 alone
+    assert Path(spec["save_path"]).is_file()
+
+
+def test_a_partition_sbatch_refuses_fails_the_job_naming_the_field(slurm_daemon, wait_until):
+    client, spec = slurm_daemon
+    jid = client.submit({**spec, "slurm_partition": "nosuch"})
+    job = _ended(client, jid, wait_until)
+    assert (job["state"], job["reason"]) == ("failed", "invalid")
+    assert job["error"].startswith("slurm_partition: sbatch refused the job (invalid partition specified: nosuch)")
+    assert job["error"].endswith("set slurm_partition to one `sinfo` lists")
