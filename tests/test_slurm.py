@@ -230,3 +230,29 @@ def test_a_partition_sbatch_refuses_fails_the_job_naming_the_field(slurm_daemon,
     assert (job["state"], job["reason"]) == ("failed", "invalid")
     assert job["error"].startswith("slurm_partition: sbatch refused the job (invalid partition specified: nosuch)")
     assert job["error"].endswith("set slurm_partition to one `sinfo` lists")
+
+
+def test_a_restarted_daemon_cancels_what_its_killed_predecessor_left_on_slurm(slurm_daemon, cosmos_home,
+                                                                              wait_until):
+    """SIGKILL takes a local engine along (PDEATHSIG); a Slurm job it does not. Left running, it would
+    write the same long-video state as the retry, so the next daemon cancels it."""
+    import signal
+
+    client, spec = slurm_daemon
+    jid = client.submit({**spec, "num_steps": 1000})
+    slurm_id = _slurm_id(client, jid, wait_until)
+    _first_step(client, jid, wait_until)
+    os.kill(int((cosmos_home / "run" / "daemon.pid").read_text()), signal.SIGKILL)
+    assert _squeue_state(slurm_id) == "RUNNING"
+    job = wait_until(lambda: _jobs_after_restart(jid), 60, what="a new daemon")
+    assert job["state"] == "interrupted"
+    wait_until(lambda: _squeue_state(slurm_id) == "CANCELLED", 60, what="the left-over Slurm job to be cancelled")
+
+
+def _jobs_after_restart(jid):
+    from cosmos_tui.client import DaemonError
+
+    try:
+        return Client.connect().job(jid)
+    except (DaemonError, OSError):
+        return None

@@ -108,3 +108,24 @@ def test_file_tail_waits_for_the_newline_of_a_half_written_line(tmp_path):
         f.write(b"no newline at the end")
     assert tail.read_lines() == []
     assert tail.read_lines(final=True) == ["no newline at the end"]
+
+
+def test_a_slurm_job_is_refused_at_submit_where_there_is_no_sbatch(monkeypatch, tmp_path):
+    from cosmos_tui.queue.resolve import SubmitError, resolve_spec
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SubmitError) as err:
+        resolve_spec({**SLURM, "model_size": "tiny"}, None, gpu_count=0)
+    assert str(err.value).startswith('executor: "slurm" needs sbatch, which is not on the daemon\'s PATH;')
+    # and a local job on the same machine is not affected
+    assert resolve_spec({"model_size": "tiny"}, None, gpu_count=1)["executor"] == "local"
+
+
+def test_a_slurm_job_does_not_count_this_machines_gpus(monkeypatch):
+    import shutil
+
+    from cosmos_tui.queue.resolve import resolve_spec
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    spec = resolve_spec({**SLURM, "slurm_nodes": 2, "slurm_gpus_per_node": 8, "num_gpus": 16}, None, gpu_count=0)
+    assert spec["num_gpus"] == 16

@@ -410,10 +410,10 @@ class SlurmExecutor:
     async def start(self, job: dict) -> None:
         host, jid, spec = self.host, job["id"], job["spec"]
         run = SlurmRun(jid, spec, JobFiles(slurm_dir() / f"job-{jid}"), job_name(jid))
-        self.runs[jid] = run
         # stored before it is submitted: a job that could not be marked running must not run unrecorded
         host.store.update(jid, state="running", started=time.time(), gpus=[], engine_pid=None, step=None,
                           total_steps=None, error=None, reason=None)
+        self.runs[jid] = run
         host.broadcast_state(jid, "running")
         try:
             run.files = await asyncio.to_thread(write_job_files, jid, spec, job.get("cwd"))
