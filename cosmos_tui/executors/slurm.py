@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import hashlib
 import json
 import os
@@ -309,7 +310,7 @@ def cancel(slurm_id: int) -> None:
 
 def cancel_by_name(name: str) -> None:
     with contextlib.suppress(SlurmError):
-        _run(["scancel", f"--name={name}"])
+        _run(["scancel", f"--name={name}", f"--user={getpass.getuser()}"])
 
 
 # -- Slurm's verdict --
