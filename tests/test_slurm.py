@@ -256,3 +256,12 @@ def _jobs_after_restart(jid):
         return Client.connect().job(jid)
     except (DaemonError, OSError):
         return None
+
+
+
+def test_a_job_id_slurm_does_not_know_is_unknown(slurm_cluster, monkeypatch):  # noqa: F811
+    """squeue answers "Invalid job id", and this cluster has no accounting for sacct to ask."""
+    from cosmos_tui.executors.slurm import query
+
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    assert query(999999).state == "UNKNOWN"

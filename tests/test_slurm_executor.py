@@ -129,3 +129,28 @@ def test_a_slurm_job_does_not_count_this_machines_gpus(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     spec = resolve_spec({**SLURM, "slurm_nodes": 2, "slurm_gpus_per_node": 8, "num_gpus": 16}, None, gpu_count=0)
     assert spec["num_gpus"] == 16
+
+
+def test_a_controller_that_does_not_answer_is_no_verdict_on_the_job(monkeypatch):
+    """squeue failing to reach slurmctld says nothing about the job: query raises (the follower asks
+    again) instead of calling the job lost. (squeue's own wording, as slurm 22.05 prints it.)"""
+    import subprocess
+
+    from cosmos_tui.executors import slurm
+
+    answers = {
+        "squeue": (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"),
+        "sacct": (1, "sacct: error: Problem talking to the database: Connection refused"),
+    }
+
+    def run(argv, timeout=30):
+        rc, text = answers[argv[0]]
+        return subprocess.CompletedProcess(argv, rc, text if rc == 0 else "", "" if rc == 0 else text)
+
+    monkeypatch.setattr(slurm, "_run", run)
+    with pytest.raises(slurm.SlurmError, match="squeue failed: slurm_load_jobs error: Unable to contact"):
+        slurm.query(5)
+    answers["squeue"] = (1, "slurm_load_jobs error: Invalid job id specified")
+    assert slurm.query(5).state == "UNKNOWN"
+    answers["sacct"] = (0, "CANCELLED by 1000|None|node3\n")
+    assert slurm.query(5) == slurm.SlurmStatus("CANCELLED", "None", "node3")

@@ -287,12 +287,15 @@ class SlurmStatus:
 
 
 def query(slurm_id: int) -> SlurmStatus:
-    """The job's state: squeue while slurmctld remembers it (MinJobAge), sacct after that."""
+    """The job's state: squeue while slurmctld remembers it (MinJobAge), sacct after that. SlurmError
+    when slurmctld does not answer: that says nothing about the job, so the caller asks again."""
     out = _run(["squeue", "-h", "-t", "all", "-j", str(slurm_id), "-o", "%T|%r|%N"])
     if out.returncode == 0 and out.stdout.strip():
         state, _, rest = out.stdout.strip().splitlines()[0].partition("|")
         reason, _, nodes = rest.partition("|")
         return SlurmStatus(state.strip(), reason.strip(), nodes.strip())
+    if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
+        raise SlurmError(f"squeue failed: {_first_error(out.stderr)}")
     acct = _run(["sacct", "-n", "-P", "-X", "-j", str(slurm_id), "-o", "State,Reason,NodeList"])
     if acct.returncode == 0 and acct.stdout.strip():
         state, _, rest = acct.stdout.strip().splitlines()[0].partition("|")
@@ -379,6 +382,7 @@ class SlurmRun:
     cancel_requested: bool = False
     ended: bool = False  # the job's end is recorded (by the engine's event or Slurm's state)
     last: SlurmStatus | None = None
+    unreachable: str | None = None  # the last error of a squeue that did not answer
     task: asyncio.Task | None = field(default=None, repr=False)
     events: FileTail | None = None
     log: FileTail | None = None
@@ -457,8 +461,17 @@ class SlurmExecutor:
             if run.ended and run.last is not None and not run.last.active:
                 return
             if time.monotonic() >= next_poll:
-                status = await asyncio.to_thread(query, run.slurm_id)
                 next_poll = time.monotonic() + interval
+                try:
+                    status = await asyncio.to_thread(query, run.slurm_id)
+                except SlurmError as err:
+                    # slurmctld restarting or the network away: the job may be fine; ask again
+                    if str(err) != run.unreachable:
+                        run.unreachable = str(err)
+                        self._log(run.job, f"Slurm did not answer ({err}); still trying", level="warning")
+                    await asyncio.sleep(TAIL_INTERVAL_S)
+                    continue
+                run.unreachable = None
                 if run.last is None or (status.state, status.reason) != (run.last.state, run.last.reason):
                     where = f" on {status.nodes}" if status.nodes and status.state != "PENDING" else ""
                     why = f" ({status.reason})" if status.reason and status.reason != "None" else ""
@@ -560,6 +573,12 @@ class SlurmExecutor:
     async def cancel(self, job: int) -> str:
         run = self.runs[job]
         run.cancel_requested = True
+        for _ in range(int(SBATCH_TIMEOUT_S / 0.1)):
+            if run.slurm_id is not None or job not in self.runs:
+                break
+            await asyncio.sleep(0.1)  # sbatch is still answering
+        if run.slurm_id is None:  # sbatch refused it: the job has failed already
+            return self.host.store.job(job)["state"]
         self.host._job_log(job, f"cancelling: scancel {run.slurm_id}")
         try:
             await asyncio.to_thread(cancel, run.slurm_id)
