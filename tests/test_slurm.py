@@ -35,6 +35,7 @@ def _daemon_on(cluster, cosmos_home, monkeypatch, tmp_path):
     monkeypatch.delenv("COSMOS_TUI_ENGINE_CMD", raising=False)
     monkeypatch.setenv("COSMOS_TUI_GPU", "demo:1")
     monkeypatch.setenv("COSMOS_TUI_SLURM_POLL_S", "0.5")
+    monkeypatch.setenv("COSMOS_TUI_SLURM_SBATCH_ARGS", "--comment='from the daemon env'")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     image = tmp_path / "in.png"
     _tiny_image(image)
@@ -107,6 +108,9 @@ def test_tiny_job_runs_through_sbatch_with_its_events_and_video(slurm_daemon, wa
     assert f"Slurm job {slurm_id}: RUNNING on ctnode" in messages
     # the engine's `finished` decides `done`; Slurm's job ends when the engine process has exited
     wait_until(lambda: _squeue_state(slurm_id) == "COMPLETED", 60, what="Slurm to report the job completed")
+    comment = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(slurm_id), "-o", "%k"], capture_output=True,
+                             text=True, env=os.environ).stdout.strip()
+    assert comment == "from the daemon env"  # COSMOS_TUI_SLURM_SBATCH_ARGS reached sbatch
     assert "[slurm] cosmos-tui job" in log  # the job's stderr on shared storage reached the job log
 
 

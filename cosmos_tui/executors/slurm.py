@@ -21,6 +21,7 @@ Where things live (set in the daemon's environment; see the README):
                            <cosmos-tui home>/slurm, which is under $HOME)
   COSMOS_TUI_SLURM_PYTHON  the Python that runs the engine on the nodes (default: the daemon's)
   COSMOS_TUI_SLURM_SETUP   shell lines the job runs first (`module load cuda`, `source venv/bin/activate`)
+  COSMOS_TUI_SLURM_SBATCH_ARGS  more sbatch options, as shell words (`--cpus-per-gpu=8 --qos=high`)
   COSMOS_TUI_SLURM_POLL_S  seconds between squeue polls (default 5)
 
 The host (the daemon) provides: store, wake, broadcast(ev), broadcast_state(job, state),
@@ -259,8 +260,13 @@ SBATCH_FIELDS = (
 
 def submit(files: JobFiles, name: str, cwd: str | None) -> int:
     """sbatch the job; its Slurm id. SlurmError (naming the spec field where one is to blame)."""
+    try:
+        extra = shlex.split(os.environ.get("COSMOS_TUI_SLURM_SBATCH_ARGS", ""))
+    except ValueError as err:
+        raise SlurmError(f"COSMOS_TUI_SLURM_SBATCH_ARGS: not valid shell words ({err}); fix the quoting in the "
+                         f"daemon's environment") from None
     argv = ["sbatch", "--parsable", f"--job-name={name}", f"--output={files.log}", "--open-mode=append",
-            f"--chdir={cwd or files.dir}", str(files.script)]
+            f"--chdir={cwd or files.dir}", *extra, str(files.script)]
     out = _run(argv, timeout=SBATCH_TIMEOUT_S)
     if out.returncode != 0:
         msg = _first_error(out.stderr)
