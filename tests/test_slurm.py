@@ -215,8 +215,14 @@ def test_two_node_rendezvous_on_the_first_node_of_the_list(slurm_cluster, cosmos
     env = {**os.environ, "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "localhost", "SLURM_JOB_ID": str(_free_rendezvous_job_id()),
            "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(["bash", str(files.node_script)], env={**env, "SLURM_NODEID": str(i)},
-                              stderr=open(tmp_path / f"node{i}.log", "wb")) for i in (0, 1)]
-    codes = [p.wait(timeout=240) for p in nodes]
+                              stderr=open(tmp_path / f"node{i}.log", "wb"), start_new_session=True) for i in (0, 1)]
+    try:
+        codes = [p.wait(timeout=240) for p in nodes]
+    finally:
+        for p in nodes:  # a rendezvous that never completes must not outlive the test
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
     logs = "".join((tmp_path / f"node{i}.log").read_text()[-1500:] for i in (0, 1))
     assert codes == [0, 0], logs
     events = [json.loads(line) for line in files.events.read_text().splitlines() if line.startswith("{")]
