@@ -275,3 +275,22 @@ def test_a_job_id_slurm_does_not_know_is_unknown(slurm_cluster, monkeypatch):  #
 
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     assert query(999999).state == "UNKNOWN"
+
+
+def test_a_node_failure_ends_interrupted_with_the_reason(slurm_daemon, slurm_cluster, wait_until):  # noqa: F811
+    """The node goes DOWN under a running job (as slurmctld does when a node stops answering):
+    Slurm ends the job NODE_FAIL, the daemon says so."""
+    client, spec = slurm_daemon
+    jid = client.submit({**spec, "num_steps": 1000})
+    slurm_id = _slurm_id(client, jid, wait_until)
+    _first_step(client, jid, wait_until)
+    node = ["scontrol", "update", f"nodename={slurm_cluster.node}"]
+    subprocess.run([*node, "state=down", "reason=test"], check=True, env=os.environ)
+    try:
+        job = _ended(client, jid, wait_until)
+    finally:
+        # back for the next test (ReturnToService=2 may have brought it back already: then resume refuses)
+        subprocess.run([*node, "state=resume"], capture_output=True, env=os.environ)
+        wait_until(lambda: slurm_cluster._node_idle(), 60, what="the node to be idle again")
+    assert (job["state"], job["reason"]) == ("interrupted", "node failure"), job["error"]
+    assert job["error"].startswith(f"Slurm job {slurm_id} ended NODE_FAIL: a node it ran on failed; retry it")
