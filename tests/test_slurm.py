@@ -223,7 +223,7 @@ def test_two_node_rendezvous_on_the_first_node_of_the_list(slurm_cluster, cosmos
             if p.poll() is None:
                 os.killpg(p.pid, 9)
                 p.wait()
-    logs = "".join((tmp_path / f"node{i}.log").read_text()[-1500:] for i in (0, 1))
+    logs = "".join(f"--- node {i}:\n" + (tmp_path / f"node{i}.log").read_text()[-4000:] for i in (0, 1))
     assert codes == [0, 0], logs
     events = [json.loads(line) for line in files.events.read_text().splitlines() if line.startswith("{")]
     kinds = [e["event"] for e in events]
