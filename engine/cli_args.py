@@ -64,6 +64,8 @@ GROUPS: list[tuple[str, list[str]]] = [
                  "use_cuda_graphs", "compile_dit", "attention_backend", "fast_threshold"]),
     ("long video", ["num_chunks"]),
     ("best-of-N", ["num_generations", "num_critic_trials", "skip_generation", "checkpoint_dir"]),
+    ("cluster (the queue only; these scripts always run here)",
+     ["executor", "slurm_partition", "slurm_account", "slurm_nodes", "slurm_gpus_per_node", "slurm_time_limit"]),
 ]
 
 HELP: dict[str, str] = {
@@ -109,6 +111,12 @@ HELP: dict[str, str] = {
     "num_critic_trials": "best-of-N only: critic answers sampled per video",
     "skip_generation": "best-of-N only: generate nothing, score the .mp4 files already in --save_path",
     "checkpoint_dir": "best-of-N only: Cosmos-Reason1 checkpoint directory for the critic (empty: the standard one)",
+    "executor": "where the queue runs the job: local (this machine's GPUs) or slurm (sbatch on a cluster)",
+    "slurm_partition": "Slurm partition for executor slurm (empty: the cluster's default)",
+    "slurm_account": "Slurm account for executor slurm (empty: your default account)",
+    "slurm_nodes": "nodes for executor slurm; num_gpus must equal nodes x GPUs per node",
+    "slurm_gpus_per_node": "GPUs per node for executor slurm (0 only for the tiny profile, on CPUs)",
+    "slurm_time_limit": "Slurm time limit for executor slurm: minutes, H:MM:SS or D-HH:MM:SS",
 }
 
 # Help that reads differently for one mode.

@@ -298,11 +298,21 @@ def main() -> int:
         while True:
             req = receive_request()
             if req is None or req.get("op") == "exit":
-                return 0
+                return _leave(0)
             if not run_one(req, Protocol(None), threading.Event()):
                 return 1
     proto = Protocol(_claim_stdout())
-    return serve(sys.stdin, proto)
+    return _leave(serve(sys.stdin, proto))
+
+
+def _leave(code: int) -> int:
+    """A clean exit leaves the process group first: torn down with the interpreter, gloo's threads can
+    abort the process (SIGABRT) after the job finished, and a Slurm job would then end FAILED."""
+    if _multi_rank():
+        from engine import parallel
+
+        parallel.shutdown()
+    return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ cause names the field and the fix. Torch-free on purpose: the TUI and the daemon
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, fields as dataclass_fields
 from pathlib import Path
 from typing import Literal, Optional
@@ -31,6 +32,26 @@ DEFAULT_NEGATIVE_PROMPT = (
 )
 
 Mode = Literal["video2world", "lvg", "bestofn"]
+
+SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+SLURM_TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
+
+
+def slurm_minutes(limit: str) -> int:
+    """A Slurm time limit in whole minutes, rounded up as Slurm does (its resolution is a minute)."""
+    days, _, rest = limit.rpartition("-") if "-" in limit else ("0", "", limit)
+    parts = [int(x) for x in rest.split(":")]
+    if "-" in limit:  # D-H, D-H:M, D-H:M:S
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 1:  # M
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:  # M:S
+        h, m, s = 0, parts[0], parts[1]
+    else:
+        h, m, s = parts
+    seconds = ((int(days) * 24 + h) * 60 + m) * 60 + s
+    return -(-seconds // 60)
 
 
 class GenerationSpec(BaseModel):
@@ -85,6 +106,15 @@ class GenerationSpec(BaseModel):
     num_critic_trials: int = Field(5, ge=1, le=100)
     skip_generation: bool = False
     checkpoint_dir: str = ""
+    # where the job runs: "local" (an engine on this machine's GPUs) or "slurm" (a batch job on a
+    # cluster, cosmos_tui/executors/slurm.py); the slurm_* fields are read only for "slurm"
+    executor: Literal["local", "slurm"] = "local"
+    slurm_partition: str = ""  # empty: the cluster's default partition
+    slurm_account: str = ""  # empty: the user's default account
+    slurm_nodes: int = Field(1, ge=1, le=1024)
+    # 0 only for the tiny profile, which runs on CPUs
+    slurm_gpus_per_node: int = Field(1, ge=0, le=64)
+    slurm_time_limit: str = "4:00:00"
 
     @field_validator("save_path")
     @classmethod
@@ -110,6 +140,25 @@ class GenerationSpec(BaseModel):
             raise ValueError(f"{v} is out of range; guidance is a weight between 0 and 100 (default 7)")
         return v
 
+    @field_validator("slurm_partition", "slurm_account")
+    @classmethod
+    def _slurm_name(cls, v: str, info: ValidationInfo) -> str:
+        # written into the sbatch script as a directive: a name, never shell or option text
+        if v and not SLURM_NAME_RE.match(v):
+            what = "partition" if info.field_name == "slurm_partition" else "account"
+            raise ValueError(f"{v!r} is not a Slurm {what} name; use the name `sinfo`/`sacctmgr` shows "
+                             f"(letters, digits, '.', '_', '-'), or leave it empty for the default")
+        return v
+
+    @field_validator("slurm_time_limit")
+    @classmethod
+    def _slurm_time(cls, v: str) -> str:
+        v = v.strip()
+        if not SLURM_TIME_RE.match(v) or slurm_minutes(v) == 0:
+            raise ValueError(f"{v!r} is not a Slurm time limit; write minutes (90), H:MM:SS (1:30:00) or "
+                             f"D-HH:MM:SS (1-12:00:00), more than zero")
+        return v
+
     @model_validator(mode="after")
     def _combinations(self) -> "GenerationSpec":
         if self.natten and self.model_size != "tiny":
@@ -129,6 +178,15 @@ class GenerationSpec(BaseModel):
         if self.fast_threshold > 0 and self.num_gpus > 1:
             # each rank holds a slice of the tokens, so ranks could decide differently and hang
             raise ValueError("fast_threshold: the step cache runs on one GPU only; set num_gpus = 1 or fast_threshold = 0")
+        if self.executor == "slurm":
+            if self.slurm_gpus_per_node == 0 and self.model_size != "tiny":
+                raise ValueError("slurm_gpus_per_node: 0 GPUs runs only the tiny profile (on CPUs); set "
+                                 "slurm_gpus_per_node to 1 or more, or model_size = \"tiny\"")
+            ranks = self.slurm_nodes * max(self.slurm_gpus_per_node, 1)
+            if self.num_gpus != ranks:
+                raise ValueError(f"num_gpus: a Slurm job of {self.slurm_nodes} node(s) x "
+                                 f"{max(self.slurm_gpus_per_node, 1)} engine rank(s) runs {ranks} rank(s); set "
+                                 f"num_gpus = {ranks}, or change slurm_nodes / slurm_gpus_per_node")
         return self
 
     # -- checks that touch the file system: run when the job starts, not when it is queued --

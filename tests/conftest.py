@@ -112,3 +112,14 @@ def daemon(fake_engine_env):
     client = Client.connect(autostart=True)
     yield client
     stop_daemon(fake_engine_env)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Skipped Slurm tests say why even without -rs: a cluster that could not start must not look
+    like a pass."""
+    reasons = set()
+    for rep in terminalreporter.stats.get("skipped", []):
+        if "test_slurm" in rep.nodeid and isinstance(rep.longrepr, tuple):
+            reasons.add(str(rep.longrepr[2]).removeprefix("Skipped: "))
+    for reason in sorted(reasons):
+        terminalreporter.write_line(f"Slurm tests skipped: {reason}", yellow=True)

@@ -146,6 +146,9 @@ async def test_presets_and_editor(world, snapshot, size):
         app.screen.query_one("#in-model_size").focus()  # a Select: no blinking text cursor
         app.screen.query_one("#in-guidance").value = "250"
         await pilot.pause()
+        # on a loaded machine the footer's bindings can be drawn a frame after the form (its ~40 rows
+        # take a while to mount): the snapshot is of the screen once both are there
+        await wait_for(pilot, lambda: "Save" in screen_text(app), what="the editor's footer")
         editor = normalise(screen_text(app), world.tmp)
         assert {"list": listing, "editor": editor} == snapshot
 

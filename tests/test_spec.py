@@ -43,7 +43,10 @@ def test_missing_input(tmp_path):
 JOB_FIELDS = {"mode", "prompt", "input_path", "negative_prompt", "aspect_ratio", "num_conditional_frames",
               "batch_input_json", "guidance", "seed", "num_steps", "save_path", "disable_guardrail",
               "disable_prompt_refiner", "benchmark", "num_chunks", "num_generations", "num_critic_trials",
-              "skip_generation", "overwrite", "fast_threshold"}
+              "skip_generation", "overwrite", "fast_threshold",
+              # where the queue runs the job: the engine it starts builds the same pipeline anywhere
+              "executor", "slurm_partition", "slurm_account", "slurm_nodes", "slurm_gpus_per_node",
+              "slurm_time_limit"}
 
 
 def test_build_config_lists_every_build_time_field_and_only_those():

@@ -140,6 +140,8 @@ def op_cancel(d, req):
     row = d.store.job(jid)
     if row["state"] in TERMINAL:
         raise RequestError(f"job {jid} is already {row['state']}; nothing to cancel")
+    if row["state"] != "queued" and d.slurm.owns(jid):
+        return d.slurm.cancel(jid)  # scancel; the follower records the end when Slurm reports it
     eng = next((e for e in d.engines if e.job == jid), None)
     if row["state"] == "queued" or eng is None:
         d.finish_cancelled(jid)
@@ -303,7 +305,7 @@ def op_log_path(d, req):
 
 
 def op_shutdown(d, req):
-    running = [e.job for e in d.engines if e.job is not None]
+    running = [e.job for e in d.engines if e.job is not None] + list(d.slurm.runs)
     if running and not req.get("force"):
         raise RequestError(
             f"job(s) {', '.join(map(str, running))} are running; cancel them first or stop with force "

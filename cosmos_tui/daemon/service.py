@@ -16,9 +16,10 @@ from cosmos_tui import paths, phase_timing
 from cosmos_tui.daemon import engines as engine_procs
 from cosmos_tui.daemon.engines import Engine
 from cosmos_tui.daemon.log import describe, log
+from cosmos_tui.executors.slurm import SlurmExecutor
 from cosmos_tui.daemon.notify import HookConfigError, hook_argv, hook_env, job_fields, load_hook, run_hook
 from cosmos_tui.queue.core import (CANCELLED_ERROR, Decision, EngineView, Evict, Start, apply, dependency_failed, plan,
-                                   wait_reason)
+                                   wait_reason, waiting_on)
 from cosmos_tui.queue.job import Job
 from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import Store
@@ -41,6 +42,8 @@ class Daemon:
         self.clock = clock  # every time a job records (the TUI's test fake runs on a fixed one)
         self.started = clock()
         self.hooks: set[asyncio.Task] = set()  # notification hooks still running
+        # jobs whose spec says executor = "slurm" run on a cluster instead of a local engine
+        self.slurm = SlurmExecutor(self)
         paths.ensure_log_dir()
 
     # -- start-up and shutdown --
@@ -53,6 +56,7 @@ class Daemon:
                 log(f"killing the engine group {pid} left over from job {job['id']}")
                 engine_procs.kill_group(pid)
             self.job_log(job["id"], "the daemon stopped while this job ran: marked interrupted")
+        self.slurm.recover(interrupted)
         if interrupted:
             ids = ", ".join(str(j["id"]) for j in interrupted)
             self.set_paused(True, f"job(s) {ids} were interrupted when the daemon stopped; retry them, then resume")
@@ -69,6 +73,7 @@ class Daemon:
             self.wake.set()
 
     async def shutdown(self, interrupted_reason: str) -> None:
+        await self.slurm.shutdown(interrupted_reason)
         for eng in list(self.engines):
             if eng.job is not None:
                 job = eng.job
@@ -119,6 +124,8 @@ class Daemon:
                     states[j["id"]] = "failed"
                     queued.remove(j)
             done = {i for i, st in states.items() if st == "done"}
+            # Slurm jobs go to the cluster as soon as they may start; plan() places the rest on local GPUs
+            queued = await self.slurm.dispatch(queued, lambda j: waiting_on(j, done) is None)
             decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done)
             if not await self._carry_out(decisions, {j["id"]: j for j in queued}):
                 return
@@ -222,26 +229,33 @@ class Daemon:
         if job is None or job != eng.job:
             self._append(paths.engine_log_path(), f"[engine {eng.pid}] stray event {json.dumps(ev, default=str)[:300]}")
             return
-        ev.setdefault("t", self.clock())
         try:
-            decision = apply(self.store.job(job) or {"id": job}, ev, cancelling=eng.cancelling)
-            self._record(job, ev, decision)
+            decision = self.on_job_event(job, ev, cancelling=eng.cancelling)
         except Exception as err:
             # a job whose events can't be stored must not hold its GPUs forever: stop it, say why
             log(f"could not record a {kind!r} event of job {job}:\n" + traceback.format_exc())
             self._abandon_job(eng, job, f"could not record the engine's {kind!r} event ({type(err).__name__}: "
                                         f"{err}); check the disk under {self.home}, then retry the job")
             return
-        if decision.state is not None:
-            self._set_state(job, decision.state, **decision.state_columns)
-        if decision.pause:
-            self._safely("pause the queue", self.set_paused, True, decision.pause)
         if decision.frees_engine:
             eng.job = None
             if decision.restart_engine and eng in self.engines:
                 self.engines.remove(eng)
                 asyncio.create_task(eng.kill(grace=2.0))
             self.wake.set()
+
+    def on_job_event(self, job: int, ev: dict, cancelling: bool = False) -> Decision:
+        """An engine event of `job`, wherever its engine runs (a local process, a Slurm job): the core's
+        decision, recorded and carried out. Raises when the event cannot be stored; the state change
+        itself never is lost (see _set_state)."""
+        ev.setdefault("t", self.clock())
+        decision = apply(self.store.job(job) or {"id": job}, ev, cancelling=cancelling)
+        self._record(job, ev, decision)
+        if decision.state is not None:
+            self._set_state(job, decision.state, **decision.state_columns)
+        if decision.pause:
+            self._safely("pause the queue", self.set_paused, True, decision.pause)
+        return decision
 
     def _record(self, job: int, ev: dict, decision: Decision) -> None:
         if not decision.record:

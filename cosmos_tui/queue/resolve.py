@@ -8,6 +8,7 @@ outside 0..2^32-1, a save_path that would overwrite a file no job wrote.
 from __future__ import annotations
 
 import os
+import shutil
 
 SEED_MAX = 2**32 - 1
 TEXT_FIELDS = ("prompt", "negative_prompt")
@@ -74,11 +75,15 @@ def resolve_spec(overrides, preset: str | None, gpu_count: int, source: str = ""
         spec = spec_from_dict({**base, **overrides}, source=source.rstrip(": "))
     except SpecError as err:
         raise SubmitError(str(err)) from None
-    if spec.num_gpus > gpu_count:
+    # a Slurm job's GPUs are the cluster's (slurm_nodes x slurm_gpus_per_node), not this machine's
+    if spec.executor == "local" and spec.num_gpus > gpu_count:
         raise SubmitError(
             f"{source}num_gpus: {spec.num_gpus} GPUs asked for but this machine has {gpu_count}; "
             f"set num_gpus to at most {gpu_count}"
         )
+    if spec.executor == "slurm" and shutil.which("sbatch") is None:
+        raise SubmitError(f"{source}executor: \"slurm\" needs sbatch, which is not on the daemon's PATH; start the "
+                          f"daemon where the Slurm commands work (a login node), or set executor = \"local\"")
     return spec.model_dump(mode="json")
 
 
