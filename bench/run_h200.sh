@@ -21,3 +21,5 @@ case "$part" in
 esac
 # the second call of 2026-12-03: what the first left undone
 [ "$part" = C ] && run 420 h200_e2e_2b_dense bench/bench_e2e.py --model_size 2B --fps 16
+# a short form of C when little device time is left: ours extrapolated from 6 steps like the peer's
+[ "$part" = D ] && run 300 h200_e2e_2b_dense_short bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --peer_steps 3
