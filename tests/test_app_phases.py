@@ -151,3 +151,19 @@ async def test_snapshot_queue_with_phases(fake, snapshot, size, monkeypatch):
         await wait_for(pilot, lambda: table(app).row_count == 3, what="rows")
         await pilot.pause()
         assert screen_text(app) == snapshot
+
+
+async def test_the_seconds_per_step_label_counts_the_final_pass_apart(fake):
+    # a 4-step job makes 5 timed denoiser calls; the label must not call them "5 steps"
+    jid = fake.submit({"prompt": "a kite", "num_steps": 4, **PLAIN}, preset="tiny-cpu")
+    fake.start(jid)
+    for i in range(1, 5):
+        fake.emit(jid, "step", step=i, total=4, seconds=0.5)
+    fake.emit(jid, "step", step=4, total=4, seconds=0.5, final=True)
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
+        table(app).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "(4 steps + 1 final pass)" in screen_text(app), what="the step label")
+        assert "5 steps" not in screen_text(app)

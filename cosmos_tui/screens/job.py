@@ -81,6 +81,7 @@ class JobScreen(QuietBackground, Screen):
         self.job_id = job_id
         self.last_seq = 0
         self.step_seconds: list[float] = []
+        self.final_passes = 0  # the sampler's clean pass after the last step: timed, but not a step
         self.memory_gib: list[float] = []
         self.phase_events: list[dict] = []
         self._fetching = False
@@ -155,6 +156,7 @@ class JobScreen(QuietBackground, Screen):
             kind = ev.get("event")
             if kind == "step" and isinstance(ev.get("seconds"), (int, float)):
                 self.step_seconds.append(float(ev["seconds"]))
+                self.final_passes += bool(ev.get("final"))
             elif kind == "memory":
                 value = ev.get("allocated", ev.get("peak"))
                 if isinstance(value, (int, float)):
@@ -170,8 +172,10 @@ class JobScreen(QuietBackground, Screen):
         step_label, mem_label = list(labels)[:2]
         if self.step_seconds:
             s = self.step_seconds
-            step_label.update(f"seconds per step: last {s[-1]:.2f}, min {min(s):.2f}, max {max(s):.2f} "
-                              f"({len(s)} steps)")
+            counted = f"{len(s) - self.final_passes} steps" + (
+                f" + {self.final_passes} final pass" if self.final_passes == 1 else
+                f" + {self.final_passes} final passes" if self.final_passes else "")
+            step_label.update(f"seconds per step: last {s[-1]:.2f}, min {min(s):.2f}, max {max(s):.2f} ({counted})")
         if self.memory_gib:
             mem_label.update(f"GPU memory allocated: last {self.memory_gib[-1]:.2f} GiB, "
                              f"max {max(self.memory_gib):.2f} GiB")
