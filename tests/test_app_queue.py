@@ -152,3 +152,16 @@ async def test_a_fast_burst_after_slash_in_a_job_lands_in_the_log_search(fake):
         burst(app, ["slash", *"crash"])  # c would ask to cancel the running job, r retry
         await wait_for(pilot, lambda: app.screen.query_one("#log-search", Input).value == "crash", what="crash")
         assert app.screen.__class__.__name__ == "JobScreen"
+
+
+async def test_a_job_that_runs_after_another_says_so_until_that_one_is_done(fake):
+    a = fake.submit({"prompt": "first"}, preset="tiny-cpu")
+    b = fake.submit({"prompt": "second"}, preset="tiny-cpu", after=a)
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 2, what="rows")
+        await wait_for(pilot, lambda: cell(app, b, "progress") == f"after #{a}", what="the dependency")
+        fake.start(a)
+        fake.finish(a)
+        await refreshed(pilot)
+        await wait_for(pilot, lambda: cell(app, b, "progress") == "#1 in queue", what="free to run")

@@ -78,6 +78,16 @@ def _plain(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+def _queued_cell(job: dict) -> str:
+    """Why a queued job is where it is: held, waiting for the job it runs after (--after), or its place."""
+    place = job.get("place")
+    if job.get("held"):
+        return "held" + (f" (#{place})" if place else "")
+    if job.get("after") and (job.get("wait_reason") or "").startswith("waiting for job"):
+        return f"after #{job['after']}"
+    return f"#{place} in queue" if place else fmt.progress_cell(job)
+
+
 def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: int = 16) -> dict[str, str]:
     return {
         "id": str(job["id"]),
@@ -86,9 +96,7 @@ def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: i
         "prompt": _plain(fmt.clip(job.get("prompt") or (job.get("spec") or {}).get("prompt"), prompt_width)),
         "state": job.get("state") or "?",
         # rows stay in id order, so a queued job's place in the queue is written in its row
-        "progress": (("held" + (f" (#{job['place']})" if job.get("place") else ""))
-                     if job.get("state") == "queued" and job.get("held")
-                     else f"#{job['place']} in queue" if job.get("state") == "queued" and job.get("place")
+        "progress": (_queued_cell(job) if job.get("state") == "queued"
                      else phase_text.row_progress(job, fmt.elapsed(job, clock)) or fmt.progress_cell(job)),
         "eta": fmt.eta(job),
         "gpus": fmt.gpus_cell(job),
