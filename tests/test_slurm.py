@@ -12,20 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import stop_daemon
+from test_daemon import _tiny_image  # the same drawn input the local end-to-end tests use
 from cosmos_tui.client import Client
 from slurm_cluster import slurm_cluster, slurm_fast_clock_cluster  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slurm
-
-
-def _tiny_image(path: Path) -> None:
-    from PIL import Image
-
-    img = Image.new("RGB", (64, 48))
-    for x in range(64):
-        for y in range(48):
-            img.putpixel((x, y), (x * 4, y * 5, (x + y) * 2))
-    img.save(path)
 
 
 def _daemon_on(cluster, cosmos_home, monkeypatch, tmp_path):
