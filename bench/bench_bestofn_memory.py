@@ -15,7 +15,6 @@ Prints each phase's peak and what the critic phase would peak at had the generat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_e2e import INPUT, PROMPT, t5_11b_encoder  # noqa: E402
+from bench.bench_e2e import INPUT, PROMPT, random_pipeline, t5_11b_encoder  # noqa: E402
 from bench.bench_video2world import gib, random_weights_  # noqa: E402
 
 REAL_VOCAB = 152064
@@ -78,11 +77,8 @@ def main(argv=None):
 
     from engine import events
     from engine.models import reason
-    from engine.models.dit import MiniTrainDIT, dit_config
-    from engine.models.text import TextEncoder, tiny_tokenizer
-    from engine.models.vae import WanVAE, vae_config
+    from engine.models.text import tiny_tokenizer
     from engine.modes import bestofn
-    from engine.pipeline import Video2WorldPipeline
     from engine.spec import GenerationSpec
 
     out_dir = Path(tempfile.mkdtemp(prefix="bon_mem_"))
@@ -90,14 +86,8 @@ def main(argv=None):
                           num_generations=args.num_generations, num_critic_trials=1, compile_dit=False,
                           offload_text_encoder=True, disable_guardrail=True, disable_prompt_refiner=True,
                           prompt=PROMPT, input_path=str(INPUT), save_path=str(out_dir))
-    pipe = Video2WorldPipeline(spec, device=device)
-    with torch.device("meta"):
-        net = MiniTrainDIT(dit_config(args.model_size))
-    pipe.dit = net.to_empty(device=device).to(dtype).eval()
-    random_weights_(pipe.dit)
-    pipe.vae = WanVAE(vae_config("wan2.1")).to(device, dtype).eval()
-    random_weights_(pipe.vae, seed=3)
-    pipe.text_encoder = TextEncoder(t5_11b_encoder(device).to("cpu"), tiny_tokenizer(), name="t5-11b-random")
+    # spec.offload_text_encoder: T5 waits on the CPU; compile_dit is off, so no compilation either
+    pipe = random_pipeline(spec, t5_11b_encoder(device), tiny_tokenizer(), device, dtype)
     torch.cuda.empty_cache()
 
     phases: list[dict] = []

@@ -102,13 +102,30 @@ def phase_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(out)
 
 
-def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = None, pipe=None):
-    from engine import events
+def random_pipeline(spec, t5, tok, device, dtype, emit=None):
+    """The engine's pipeline for `spec` with random weights at the real sizes instead of checkpoints: the
+    DiT (compiled as the spec says), the Wan2.1 VAE (tiny for the smoke run) and the given T5 module."""
     from engine.models.dit import MiniTrainDIT, dit_config
     from engine.models.text import TextEncoder
     from engine.models.vae import WanVAE, vae_config
-    from engine.modes.video2world import write_result
     from engine.pipeline import Video2WorldPipeline
+
+    pipe = Video2WorldPipeline(spec, device=device, emit=emit)
+    with torch.device("meta"):
+        net = MiniTrainDIT(dataclasses.replace(dit_config(spec.model_size, spec.natten),
+                                               attention_backend=spec.attention_backend))
+    pipe.dit = net.to_empty(device=device).to(dtype).eval()
+    random_weights_(pipe.dit)
+    pipe._compile_dit()
+    pipe.vae = WanVAE(vae_config("tiny" if spec.model_size == "tiny" else "wan2.1")).to(device, dtype).eval()
+    random_weights_(pipe.vae, seed=3)
+    pipe.text_encoder = TextEncoder(t5.to("cpu" if spec.offload_text_encoder else device), tok, name="t5-11b-random")
+    return pipe
+
+
+def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = None, pipe=None):
+    from engine import events
+    from engine.modes.video2world import write_result
     from engine.spec import GenerationSpec
 
     steps = args.ours_steps or args.num_steps
@@ -120,17 +137,8 @@ def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = N
     evs: list[dict] = []
     built = {}
     if pipe is None:
-        pipe = Video2WorldPipeline(spec, device=device, emit=evs.append)
         t0 = time.perf_counter()
-        with torch.device("meta"):
-            net = MiniTrainDIT(dataclasses.replace(dit_config(args.model_size, args.natten),
-                                                   attention_backend=spec.attention_backend))
-        pipe.dit = net.to_empty(device=device).to(dtype).eval()
-        random_weights_(pipe.dit)
-        pipe._compile_dit()
-        pipe.vae = WanVAE(vae_config("tiny" if args.model_size == "tiny" else "wan2.1")).to(device, dtype).eval()
-        random_weights_(pipe.vae, seed=3)
-        pipe.text_encoder = TextEncoder(t5.to("cpu" if args.offload_text_encoder else device), tok, name="t5-11b-random")
+        pipe = random_pipeline(spec, t5, tok, device, dtype, emit=evs.append)
         built["build_random_s"] = time.perf_counter() - t0
     else:
         pipe.set_emit(evs.append)

@@ -271,7 +271,8 @@ class Video2WorldPipeline:
             # only rank 0 hears a cancel request; every rank must stop at the same step
             if parallel.any_rank(cancel is not None and cancel.is_set()):
                 raise Cancelled("cancelled by the user")
-            first_step[:] = first_step or [seconds]
+            if not first_step:
+                first_step.append(seconds)  # the first evaluation's time: it includes compilation
             # the steps the user asked for; the sampler's extra clean evaluation is told apart
             final = {"final": True} if i > steps else {}
             self.ev("step", step=min(i, steps), total=steps, seconds=round(seconds, 4), **extra, **final)
