@@ -535,12 +535,11 @@ class SlurmExecutor:
             return
         if run.ended:
             return  # Slurm's verdict was recorded first
-        if run.cancel_requested and kind in ("finished", "failed"):
-            return  # the cancel decides: cancelled
         host = self.host
         try:
-            # the same rules as a local engine's events (queue/core.apply), recorded the same way
-            decision = host.on_job_event(run.job, ev)
+            # the same rules as a local engine's events (queue/core.apply), recorded the same way; while
+            # a cancel is under way the cancel, not the engine's last word, decides how the job ends
+            decision = host.on_job_event(run.job, ev, cancelling=run.cancel_requested)
         except Exception as err:
             run.ended = True
             self._cancel_quietly(run)
