@@ -272,11 +272,15 @@ def main(argv=None):
     tok = tiny_tokenizer()
     t0 = time.perf_counter()
     t5 = t5_11b_encoder(device, tiny)
+    from engine.models.attention import auto_kernel
+
     res = {"args": vars(args), "gpu": torch.cuda.get_device_name() if not tiny else "cpu", "torch": torch.__version__, "size": [w, h],
+           "attention_kernel": auto_kernel(device),
            "frames": frames, "t5_params": sum(p.numel() for p in t5.parameters()),
            "t5_build_s": time.perf_counter() - t0}
     print(f"# {args.model_size} {w}x{h} {frames} frames @ {args.fps} fps{' natten' if args.natten else ''}; "
-          f"T5 {res['t5_params'] / 1e9:.2f}B params; {res['gpu']}, torch {torch.__version__}", flush=True)
+          f"T5 {res['t5_params'] / 1e9:.2f}B params; {res['gpu']}, torch {torch.__version__}; "
+          f"dense attention kernel: {res['attention_kernel']}", flush=True)
     out_dir = Path(tempfile.mkdtemp(prefix="bench_e2e_"))
 
     if args.peer == "diffusers":

@@ -82,6 +82,17 @@ def _fa4_preferred(device: torch.device) -> bool:
     return _FA4_OK[device.index]
 
 
+def auto_kernel(device: torch.device) -> str:
+    """The dense kernel `backend="auto"` runs on `device`, for benchmark tables and logs: "fa4", "cudnn"
+    (Hopper/Blackwell without flash-attn-4), "flash" (other CUDA GPUs: first in the priority list), or
+    "sdpa" (off CUDA: torch's own choice)."""
+    if device.type != "cuda":
+        return "sdpa"
+    if _fa4_preferred(device):
+        return "fa4"
+    return "cudnn" if torch.cuda.get_device_capability(device)[0] in (9, 10) else "flash"
+
+
 def _fa4(q, k, v):
     """flash-attn-4 (CuTe DSL; optional, `pip install flash-attn-4`): Hopper/Blackwell only, [B, L, N, D] in."""
     try:
