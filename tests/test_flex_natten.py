@@ -172,3 +172,41 @@ def test_one_compiled_flex_graph_serves_every_pattern_of_a_grid():
     finally:
         torch._dynamo.config.error_on_recompile = False
         torch._dynamo.reset()
+
+
+@torch.no_grad()
+def test_compiled_blocks_reuse_one_compiled_flex(monkeypatch):
+    """Under compile_blocks the block breaks its graph at the flex path (torch.compiler.disable) and the
+    compiled flex callable inside runs as its own frame: one cache entry for the whole net, nothing
+    recompiled on the next step. `_flex_call` is swapped for a backend-"eager" compile, which the CPU
+    runs without a C++ build; dynamo's tracing and guards are the same as on CUDA."""
+    from dataclasses import replace
+
+    import torch._dynamo
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from engine.models import flex_natten
+    from engine.models.dit import MiniTrainDIT, dit_config
+    from engine.pipeline import compile_blocks
+    from tests.test_compile import _inputs
+
+    torch._dynamo.reset()
+    compiled = torch.compile(flex_attention, backend="eager", dynamic=False)
+    monkeypatch.setattr(flex_natten, "_flex_call", lambda device: compiled)
+    try:
+        cfg = replace(dit_config("tiny", natten=True), natten_impl="flex")
+        m = MiniTrainDIT(cfg).random_init_(0).eval()
+        eager = m(*_inputs()[:1], torch.full((2, 4), 0.5), *_inputs()[1:])
+        compile_blocks(m.blocks, backend="eager")
+        x, ctx, cond = _inputs()
+        first = m(x, torch.full((2, 4), 0.5), ctx, cond)
+        assert len(_debug_get_cache_entry_list(flex_attention.__code__)) == 1
+        torch._dynamo.config.error_on_recompile = True  # a recompile now raises
+        m(x * 0.9, torch.full((2, 4), 0.3), ctx, cond)
+        assert len(_debug_get_cache_entry_list(flex_attention.__code__)) == 1
+        # same ops in the same order, compiled or not (the eager backend generates no code)
+        assert torch.equal(first, eager)
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        torch._dynamo.reset()
