@@ -13,14 +13,16 @@ whenever the window starts are multiples of the stride.
 Block-aligned, i.e. every block full or empty and the mask function never evaluated on the GPU, when each
 axis the window does not cover has n % s == 0, w % s == 0 and (s//2 - w//2) % s == 0 (window starts
 clamp(s*tile + s//2 - w//2, 0, n - w) are then multiples of s), and a tile holds a multiple of 128
-tokens. That holds for every pattern of the 2B and 14B tables at 720p (grid T x 44 x 80, T = 24 at 16 fps
-and 16 at 10 fps): the local ones (stride 4x8, windows 12x24 / 20x40 / 28x56: tiles of 32*T tokens), the
-rows-local/columns-sparse-global one (dilation 5 on W leaves 16-column sub-grids the 16-wide window covers:
-tiles of 4*16*T) and the sparse-global one (every 4x16 sub-grid fully visible: block-diagonal). At 480p
-(27 x 48) none is (strides 2 and 5 do not divide 27 and 48) and the tiny profile's 4-wide window at stride
-2 starts at odd offsets: there the boundary blocks are partial and the mask function decides them. One
-code path serves all, `is_block_aligned` says which case a pattern is, and tests/test_flex_natten.py
-checks both against natten.na3d.
+tokens. That holds for every pattern of the 2B and 14B tables at 720p 16:9 (grid T x 44 x 80, T = 24 at
+16 fps and 16 at 10 fps): the local ones (stride 4x8, windows 12x24 / 20x40 / 28x56: tiles of 32*T
+tokens), the rows-local/columns-sparse-global one (dilation 5 on W leaves 16-column sub-grids the 16-wide
+window covers: tiles of 4*16*T) and the sparse-global one (every 4x16 sub-grid fully visible:
+block-diagonal). Elsewhere the rescaled patterns mostly are not: at 480p 16:9 (27 x 48) strides 2 and 5
+divide neither extent; of the other 720p aspect ratios only 4:3 at 10 fps has its three local patterns
+aligned (4x6 tiles of 16 frames = 384 tokens; 576 at 24 frames); the tiny profile's 4-wide window at
+stride 2 starts at odd offsets. There the boundary blocks are partial and the mask function decides them
+(the interior blocks stay full). One code path serves all, `is_block_aligned` says which case a pattern
+is, and tests/test_flex_natten.py checks both against natten.na3d.
 
 Semantics are those of sparse_attention.neighborhood_attention (and natten.na3d, non-causal, scale
 1/sqrt(D)); layout q, k, v [B, T, H, W, N, D], result the same.
@@ -159,11 +161,13 @@ def _flex_call(device: torch.device):
     """flex_attention compiled (the fused Triton kernel) on CUDA, eager elsewhere: on the CPU the eager path
     evaluates the mask on every pair, unfused, which is what the small test grids want (no C++ build).
 
-    One compiled callable for every layer. Its guards (dynamo, dynamic=False): q/k/v shape, dtype, device
-    and strides; the BlockMask's tensors (shapes: [1, 1, L/128] and [1, 1, L/128, L/128]), its BLOCK_SIZE
-    and seq_lengths; the mask_mod's code object and, for the tensors it captures, their shape/dtype/device;
-    the kernel_options dict by value. None of them names a pattern, so layers and patterns at one grid and
-    batch reuse one graph; a new batch size or grid compiles once more (CFG batch 2 and batch 1: two).
+    One compiled callable for every layer. Its guards (dynamo, dynamic=False; listed with TORCH_LOGS=guards
+    on torch 2.13): q/k/v dtype, device, shape and strides and that they do not alias each other or the
+    mask's tensors; score_mod and scale None; the BlockMask's type and tensors by shape ([1, 1, L/128] and
+    [1, 1, L/128, L/128] int32); its mask_mod by code object (ID_MATCH on __code__, one closure code for
+    all plans) and the tensors in its closure by dtype/device/shape, not identity; kernel_options by
+    value. None names a pattern, so every layer and pattern at one grid and batch reuses one graph
+    (tests/test_flex_natten.py checks it); a new batch size or grid compiles once more.
     """
     global _COMPILED
     from torch.nn.attention.flex_attention import flex_attention
