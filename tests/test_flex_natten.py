@@ -74,7 +74,7 @@ def _expanded(plan, L: int) -> torch.Tensor:
     bm = plan.block_mask
     nb = -(-L // BLOCK)
     pos = torch.arange(nb * BLOCK)
-    elementwise = bm.mask_mod(0, 0, pos[:, None].clamp(max=L - 1), pos[None, :].clamp(max=L - 1))
+    elementwise = bm.mask_mod(0, 0, pos[:, None], pos[None, :])  # past L: padded tables, all False
     out = torch.zeros(nb * BLOCK, nb * BLOCK, dtype=torch.bool)
     for num, idx, full in ((bm.kv_num_blocks, bm.kv_indices, False), (bm.full_kv_num_blocks, bm.full_kv_indices, True)):
         for qb in range(nb):
@@ -82,6 +82,7 @@ def _expanded(plan, L: int) -> torch.Tensor:
                 rows, cols = slice(qb * BLOCK, (qb + 1) * BLOCK), slice(kb * BLOCK, (kb + 1) * BLOCK)
                 assert not out[rows, cols].any(), "a block listed twice"
                 out[rows, cols] = True if full else elementwise[rows, cols]
+    assert not elementwise[L:].any() and not elementwise[:, L:].any()
     return out[:L, :L]
 
 

@@ -134,6 +134,11 @@ def _plan(X: tuple, window: tuple, stride: tuple, dilation: tuple, device: torch
     full = pairs == capacity
     partial = (pairs > 0) & ~full
 
+    # Padded to whole blocks so a kernel evaluating the mask in the last, ragged block never indexes past
+    # the tables: a padded key has coordinate -1 (below every window), a padded query an empty window.
+    pad = nk * BLOCK - L
+    coord = [torch.nn.functional.pad(c, (0, pad), value=-1) for c in coord]
+    lo, hi = ([torch.nn.functional.pad(c, (0, pad), value=0) for c in f] for f in (lo, hi))
     coord, lo, hi = ([c.to(torch.int32).to(device) for c in f] for f in (coord, lo, hi))
     (ct, ch, cw), (lt, lh, lw), (ht, hh, hw) = coord, lo, hi
 
