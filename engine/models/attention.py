@@ -206,10 +206,12 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
 
 
 # Which implementation runs the sparse pattern: "natten" (natten.na3d), "sparse" (our gather + dense SDPA
-# path in sparse_attention.py, equal to na3d to fp32 tolerance), or "auto": na3d only where libnatten's
-# fused kernels exist (natten.HAS_LIBNATTEN, CUDA), else ours. Without libnatten, na3d falls back to its
-# flex backend, which on CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
-NATTEN_IMPLS = ("auto", "natten", "sparse")
+# path in sparse_attention.py, equal to na3d to fp32 tolerance), "flex" (one FlexAttention call over
+# tokens in tile order, flex_natten.py: reads K/V in place; not chosen by "auto" until timed on the GPU),
+# or "auto": na3d only where libnatten's fused kernels exist (natten.HAS_LIBNATTEN, CUDA), else "sparse".
+# Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on CUDA was measured
+# 4x slower than dense cuDNN and runs out of memory at 720p.
+NATTEN_IMPLS = ("auto", "natten", "sparse", "flex")
 
 
 def _resolve_impl(impl: str, device: torch.device) -> str:
@@ -251,6 +253,10 @@ def natten_attention(
         from engine.models.sparse_attention import neighborhood_attention
 
         out = neighborhood_attention(q6, k6, v6, window, stride, dilation, backend=dense_backend)
+    elif impl == "flex":
+        from engine.models.flex_natten import flex_neighborhood_attention
+
+        out = flex_neighborhood_attention(q6, k6, v6, window, stride, dilation)
     elif impl == "natten":
         import natten
 
