@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device calls of bench/RESULTS.md's end-to-end section, in priority order, each under its own
-# limit so a slow one leaves the others their results: bash bench/run_h200.sh A|B OUTDIR
+# limit so a slow one leaves the others their results: bash bench/run_h200.sh A|B|...|H OUTDIR
 set -uo pipefail
 part="$1"; out="$2"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -23,3 +23,27 @@ esac
 [ "$part" = C ] && run 420 h200_e2e_2b_dense bench/bench_e2e.py --model_size 2B --fps 16
 # a short form of C when little device time is left: ours extrapolated from 6 steps like the peer's
 [ "$part" = D ] && run 300 h200_e2e_2b_dense_short bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --peer_steps 3
+
+# 2026-12-04 session. E: kernels and the VAE alone (no diffusers or ffmpeg needed), with where a NATTEN step goes.
+if [ "$part" = E ]; then
+    run 140 h200_attention_flex bench/bench_attention.py --model_size 2B --fps 16 --skip_dense
+    run 110 h200_2b_natten_flex bench/bench_video2world.py --model_size 2B --natten --natten_impl flex --compile --peer none --timed_steps 3
+    run 90 h200_vae bench/bench_vae.py --reps 2
+    run 170 h200_14b_natten_profile bench/bench_video2world.py --model_size 14B --natten --natten_impl sparse --compile --peer none --timed_steps 2 --profile
+fi
+# F: 14B end to end as its preset runs it (T5 offloaded), diffusers beside it, then best-of-N's memory
+if [ "$part" = F ]; then
+    run 330 h200_e2e_14b_dense bench/bench_e2e.py --model_size 14B --fps 16 --offload_text_encoder --ours_steps 3 --peer_steps 2
+    run 230 h200_bestofn_memory_14b bench/bench_bestofn_memory.py --model_size 14B
+fi
+# G: 2B end to end with the default kernels of this install (fa4 when it imports), dense beside diffusers, NATTEN exact+fast
+if [ "$part" = G ]; then
+    run 120 h200_attention_fa4 bench/bench_attention.py --model_size 2B --fps 16
+    run 220 h200_e2e_2b_dense_fa4 bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --peer_steps 3
+    run 230 h200_e2e_2b_natten_v2 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --peer none
+fi
+# H: 10 fps end to end and 14B NATTEN end to end, short forms
+if [ "$part" = H ]; then
+    run 200 h200_e2e_2b_10fps bench/bench_e2e.py --model_size 2B --fps 10 --ours_steps 6 --peer_steps 3
+    run 250 h200_e2e_14b_natten bench/bench_e2e.py --model_size 14B --fps 16 --natten --offload_text_encoder --ours_steps 3 --peer none
+fi
