@@ -50,6 +50,8 @@ def parse_args(argv=None):
                    help="tiny: a CPU smoke run of this script at toy sizes (checks the script, times nothing real)")
     p.add_argument("--fps", type=int, default=16, choices=[10, 16])
     p.add_argument("--natten", action="store_true", help="ours: the -natten sparse patterns (720p 16:9)")
+    p.add_argument("--natten_impl", default="auto", help="ours: NATTEN implementation (engine/models/attention.py "
+                   "NATTEN_IMPLS: auto, natten, sparse, flex)")
     p.add_argument("--num_steps", type=int, default=35)
     p.add_argument("--ours_steps", type=int, default=None, help="steps ours really runs (default: all)")
     p.add_argument("--peer", default="diffusers", choices=["diffusers", "none"])
@@ -102,7 +104,7 @@ def phase_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(out)
 
 
-def random_pipeline(spec, t5, tok, device, dtype, emit=None):
+def random_pipeline(spec, t5, tok, device, dtype, emit=None, natten_impl: str = "auto"):
     """The engine's pipeline for `spec` with random weights at the real sizes instead of checkpoints: the
     DiT (compiled as the spec says), the Wan2.1 VAE (tiny for the smoke run) and the given T5 module."""
     from engine.models.dit import MiniTrainDIT, dit_config
@@ -113,7 +115,7 @@ def random_pipeline(spec, t5, tok, device, dtype, emit=None):
     pipe = Video2WorldPipeline(spec, device=device, emit=emit)
     with torch.device("meta"):
         net = MiniTrainDIT(dataclasses.replace(dit_config(spec.model_size, spec.natten),
-                                               attention_backend=spec.attention_backend))
+                                               attention_backend=spec.attention_backend, natten_impl=natten_impl))
     pipe.dit = net.to_empty(device=device).to(dtype).eval()
     random_weights_(pipe.dit)
     pipe._compile_dit()
@@ -138,7 +140,7 @@ def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = N
     built = {}
     if pipe is None:
         t0 = time.perf_counter()
-        pipe = random_pipeline(spec, t5, tok, device, dtype, emit=evs.append)
+        pipe = random_pipeline(spec, t5, tok, device, dtype, emit=evs.append, natten_impl=args.natten_impl)
         built["build_random_s"] = time.perf_counter() - t0
     else:
         pipe.set_emit(evs.append)

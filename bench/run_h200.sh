@@ -24,26 +24,28 @@ esac
 # a short form of C when little device time is left: ours extrapolated from 6 steps like the peer's
 [ "$part" = D ] && run 300 h200_e2e_2b_dense_short bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --peer_steps 3
 
-# 2026-12-04 session. E: kernels and the VAE alone (no diffusers or ffmpeg needed), with where a NATTEN step goes.
+# 2026-12-03 session, second half. E: kernels and the VAE alone (no diffusers or ffmpeg needed): flex vs gather
+# decides the NATTEN implementation the later parts run (written to /tmp, which a warm machine keeps).
 if [ "$part" = E ]; then
     run 140 h200_attention_flex bench/bench_attention.py --model_size 2B --fps 16 --skip_dense
+    cp "$out/h200_attention_flex.json" /tmp/ 2>/dev/null
     run 110 h200_2b_natten_flex bench/bench_video2world.py --model_size 2B --natten --natten_impl flex --compile --peer none --timed_steps 3
-    run 90 h200_vae bench/bench_vae.py --reps 2
-    run 170 h200_14b_natten_profile bench/bench_video2world.py --model_size 14B --natten --natten_impl sparse --compile --peer none --timed_steps 2 --profile
+    run 70 h200_vae bench/bench_vae.py --reps 1
 fi
-# F: 14B end to end as its preset runs it (T5 offloaded), diffusers beside it, then best-of-N's memory
+impl=$(python3 -c "import json; r = json.load(open('/tmp/h200_attention_flex.json')); print('flex' if r.get('flex_all_layers_ms', 1e99) < r['sparse_all_layers_ms'] else 'sparse')" 2>/dev/null || echo sparse)
+# F: 14B end to end as its preset runs it (T5 offloaded), best-of-N's memory, 14B NATTEN end to end
 if [ "$part" = F ]; then
-    run 330 h200_e2e_14b_dense bench/bench_e2e.py --model_size 14B --fps 16 --offload_text_encoder --ours_steps 3 --peer_steps 2
-    run 230 h200_bestofn_memory_14b bench/bench_bestofn_memory.py --model_size 14B
+    echo "NATTEN implementation for this part: $impl"
+    run 210 h200_e2e_14b_dense bench/bench_e2e.py --model_size 14B --fps 16 --offload_text_encoder --ours_steps 3 --peer none
+    run 220 h200_bestofn_memory_14b bench/bench_bestofn_memory.py --model_size 14B
+    run 160 h200_e2e_14b_natten bench/bench_e2e.py --model_size 14B --fps 16 --natten --natten_impl "$impl" --offload_text_encoder --ours_steps 3 --peer none
 fi
 # G: 2B end to end with the default kernels of this install (fa4 when it imports), dense beside diffusers, NATTEN exact+fast
 if [ "$part" = G ]; then
-    run 120 h200_attention_fa4 bench/bench_attention.py --model_size 2B --fps 16
+    echo "NATTEN implementation for this part: $impl"
+    run 230 h200_e2e_2b_natten_v2 bench/bench_e2e.py --model_size 2B --fps 16 --natten --natten_impl "$impl" --fast 0.1 --peer none
     run 220 h200_e2e_2b_dense_fa4 bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --peer_steps 3
-    run 230 h200_e2e_2b_natten_v2 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --peer none
+    run 100 h200_attention_fa4 bench/bench_attention.py --model_size 2B --fps 16 --reps 3
 fi
-# H: 10 fps end to end and 14B NATTEN end to end, short forms
-if [ "$part" = H ]; then
-    run 200 h200_e2e_2b_10fps bench/bench_e2e.py --model_size 2B --fps 10 --ours_steps 6 --peer_steps 3
-    run 250 h200_e2e_14b_natten bench/bench_e2e.py --model_size 14B --fps 16 --natten --offload_text_encoder --ours_steps 3 --peer none
-fi
+# H: 10 fps end to end, short form
+[ "$part" = H ] && run 200 h200_e2e_2b_10fps bench/bench_e2e.py --model_size 2B --fps 10 --ours_steps 6 --peer_steps 3
