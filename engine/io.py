@@ -177,8 +177,9 @@ def load_conditioning_clip(
     * a video gives its LAST `num_conditional_frames` frames (1 or 5), and the frames after them
       repeat the last of those.
 
-    Only the conditioned latents matter downstream; the filler only has to be what the reference
-    feeds, so the VAE's causal encoder sees the same thing.
+    Only the conditioned latents matter downstream, and the VAE's encoder is causal, so the filler
+    never reaches them: the pipeline asks for `total_frames = num_conditional_frames` (the frames its
+    conditioned latents come from) and encodes just those. A longer clip is the reference's whole one.
     """
     import torch
 
