@@ -183,25 +183,40 @@ class Video2WorldPipeline:
 
     def conditioning(self, input_path: str | None, frames: torch.Tensor | None, num_conditional_frames: int,
                      aspect_ratio: str = "16:9"):
-        """Encode the conditioning clip. `frames` ([3,T,H,W] in [-1,1], already sized) bypasses the file
-        (long video passes the previous chunk's last frames at full precision)."""
+        """Encode the conditioning frames. `frames` ([3,T,H,W] in [-1,1], already sized) bypasses the file
+        (long video passes the previous chunk's last frames at full precision).
+
+        Only the pixel frames that make the conditioned latent frames are encoded: the first
+        `pixel_frames(n_lat)` of the clip the reference builds (the image, or the last 1 or 5 video
+        frames; its black or repeated filler frames come after them). The Wan VAE's encoder is causal in
+        time (engine/models/vae.py), so latent frame j depends on pixel frames <= 4j only, and these
+        latents are those of a whole-clip encode; encoding the filler too cost ~2.8 s of 93 frames at
+        720p (bench_e2e on the H200) for latent frames nobody reads. `gt` keeps the full latent length
+        (the noise is drawn in its shape), with zeros on the unconditioned frames: the sampler reads gt
+        only where the conditioning mask is set (sampling.Conditioning)."""
         from engine import io, sampling
 
         w, h = resolutions.frame_size(self.build.resolution, aspect_ratio, self.build.model_size)
         n_frames = resolutions.num_frames(self.build.fps, self.build.model_size)
+        n_lat = resolutions.conditional_latent_frames(num_conditional_frames)
+        n_pix = resolutions.pixel_frames(n_lat)  # == num_conditional_frames for the allowed 1 and 5
         if frames is None:
-            clip = io.load_conditioning_clip(input_path, num_conditional_frames, w, h, n_frames)
+            clip = io.load_conditioning_clip(input_path, num_conditional_frames, w, h, n_pix)
             # the reference normalises pixels in the pipeline's precision (bf16 on GPU)
             clip = io.to_signed_unit(clip.to(self.device), self.dtype)
         else:
-            # in-memory frames (long video): the given frames, then repeats of the last one
+            # in-memory frames (long video): the given frames, then (the reference's filler) repeats of
+            # the last one, up to the n_pix frames encoded
             frames = frames[:, -num_conditional_frames:]
-            clip = torch.cat([frames, frames[:, -1:].expand(-1, n_frames - frames.shape[1], -1, -1)], dim=1)
+            clip = torch.cat([frames, frames[:, -1:].expand(-1, max(0, n_pix - frames.shape[1]), -1, -1)], dim=1)[:, :n_pix]
         clip = clip.to(self.device, self.dtype).unsqueeze(0)
         with torch.inference_mode():
-            latent = self.vae.encode(clip).float()
-        latent = parallel.broadcast_tensor(latent)  # every rank conditions on rank 0's latent, bit for bit
-        n_lat = resolutions.conditional_latent_frames(num_conditional_frames)
+            cond = self.vae.encode(clip).float()
+            self._sync()  # the vae_encode phase is timed around this call: count the kernels, not their launch
+        cond = parallel.broadcast_tensor(cond)  # every rank conditions on rank 0's latent, bit for bit
+        b, c, _, lh, lw = cond.shape
+        latent = cond.new_zeros(b, c, resolutions.latent_frames(n_frames), lh, lw)
+        latent[:, :, :n_lat] = cond
         return sampling.Conditioning(gt=latent, num_frames=n_lat)
 
     def generate(self, job: GenerationSpec, input_path: str | None = None, *, seed: int | None = None,
@@ -313,12 +328,14 @@ class Video2WorldPipeline:
         t0 = time.perf_counter()
         with phase(self.ev, "vae_decode", key, **extra):
             with torch.inference_mode():
-                video = self.vae.decode(x0.to(self.dtype)).float()[0]
+                decoded = self.vae.decode(x0.to(self.dtype)).float()[0]
             self._sync()
+            # handing the video to the host is part of this phase's time (a 1 GB copy at 720p, 93 frames
+            # of fp32), not left between phases where no table would show it
+            video = decoded.cpu()
         timings["vae_decode_s"] = time.perf_counter() - t0
         self.report_memory()
-
-        video = video.cpu()
+        del decoded
         checks: list[str] = []
         if not spec.disable_guardrail:
             with phase(self.ev, "guardrail", key, target="video", **extra):

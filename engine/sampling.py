@@ -63,7 +63,9 @@ def initial_noise(
 class Conditioning:
     """Clean latent frames the video is conditioned on: the first `num_frames` latent frames of `gt`.
 
-    gt: [B,16,T,H,W] normalised latent (only the conditioned frames are read).
+    gt: [B,16,T,H,W] normalised latent. Only the conditioned frames are read (every use goes through
+        torch.where on the mask); the full length is kept because the noise is drawn in gt's shape. The
+        pipeline encodes the conditioned frames alone and leaves the others zero.
     mask: [B,1,T,H,W] float32, 1 on conditioned frames (built from num_frames).
     """
 

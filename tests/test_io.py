@@ -252,3 +252,80 @@ def test_failed_ffmpeg_leaves_no_video_and_says_why(tmp_path, monkeypatch, scrip
     assert str(dest) in msg and "status 1" in msg and "No space left on device" in msg
     assert not dest.exists()
     assert not [p for p in dest.parent.iterdir()]  # the partial file is gone too
+
+
+def _plain_to_uint8(video):
+    """The rule as one expression, as to_uint8 computed it before it went in place."""
+    x = (video.float() + 1.0) / 2.0
+    return torch.floor(x.clamp_(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
+
+
+def _rounding_edges() -> torch.Tensor:
+    """Every value within 4 ulps of a rounding edge of the rule (the x that map to k + 0.5 before the
+    floor), the ends of the range and beyond, and a dense spread in between: where a reordered or fused
+    formula would round differently."""
+    k = torch.arange(-1, 257, dtype=torch.float64)
+    edges = (2 * (k + 0.5) / 255 - 1).float()
+    near = [edges]
+    up, down = edges.clone(), edges.clone()
+    for _ in range(4):
+        up = torch.nextafter(up, torch.tensor(float("inf")))
+        down = torch.nextafter(down, torch.tensor(float("-inf")))
+        near += [up, down]
+    spread = torch.linspace(-1.25, 1.25, 200_001)
+    ends = torch.tensor([-1.0, 1.0, 0.0, -0.0, float("inf"), float("-inf"), 1e30, -1e30])
+    return torch.cat(near + [spread, ends])
+
+
+def test_to_uint8_is_the_plain_rule_bit_for_bit_in_every_layout_and_dtype():
+    x = _rounding_edges()
+    assert torch.equal(io.to_uint8(x), _plain_to_uint8(x))
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        y = x.to(dtype)
+        assert torch.equal(io.to_uint8(y), _plain_to_uint8(y)), dtype
+    # a video bigger than one CPU slice and not a multiple of it, and the strided views the writer and the
+    # guardrail hand over: one frame of [3, T, H, W], a transposed layout
+    n = 3 * 5 * 97 * 211
+    assert n > io._UINT8_SLICE and n % io._UINT8_SLICE
+    v = x[torch.randint(len(x), (n,), generator=torch.Generator().manual_seed(0))].reshape(3, 5, 97, 211)
+    for view in (v, v[:, 2], v.permute(1, 2, 3, 0), v[:, :, ::2]):
+        assert torch.equal(io.to_uint8(view), _plain_to_uint8(view))
+    assert io.to_uint8(torch.tensor(0.0)).item() == 128 and io.to_uint8(torch.zeros(3, 0, 4)).shape == (3, 0, 4)
+
+
+def test_float_video_is_converted_frame_by_frame_into_the_same_file(tmp_path, monkeypatch):
+    """write_video converts a float video one frame at a time, as ffmpeg takes the frames (no whole-video
+    temporaries), into the bytes `to_uint8`'s rule gives, and writes the file its uint8 conversion writes."""
+    x = _rounding_edges()
+    n = 3 * 6 * 32 * 48
+    video = x[torch.randint(len(x), (n,), generator=torch.Generator().manual_seed(1))].reshape(3, 6, 32, 48)
+    want = _plain_to_uint8(video).permute(1, 2, 3, 0).numpy()
+    for v in (video, video.to(torch.bfloat16), video.double()):
+        assert np.array_equal(np.stack(list(io.iter_frames_uint8(v))), _plain_to_uint8(v).permute(1, 2, 3, 0).numpy())
+    io.write_video(tmp_path / "u8.mp4", _plain_to_uint8(video), 16)
+    shapes = []
+    real = io._uint8_rule_np
+    monkeypatch.setattr(io, "_uint8_rule_np", lambda src, buf: shapes.append(src.shape) or real(src, buf))
+    io.write_video(tmp_path / "float.mp4", video, 16)
+    assert shapes == [(32, 48, 3)] * 6
+    assert (tmp_path / "float.mp4").read_bytes() == (tmp_path / "u8.mp4").read_bytes()
+    assert np.array_equal(io.read_video(tmp_path / "float.mp4").shape, want.shape)
+
+
+def test_a_frame_that_fails_to_convert_mid_video_leaves_no_file(tmp_path, monkeypatch):
+    """The conversion now runs while ffmpeg is writing: an error there stops ffmpeg and leaves nothing."""
+    calls = []
+    real = io._uint8_rule_np
+
+    def failing(src, buf):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("conversion failed on frame 3")
+        real(src, buf)
+
+    monkeypatch.setattr(io, "_uint8_rule_np", failing)
+    dest = tmp_path / "out" / "clip.mp4"
+    with pytest.raises(RuntimeError, match="frame 3"):
+        io.write_video(dest, torch.zeros(3, 5, 32, 48), 16)
+    assert len(calls) == 3
+    assert not [p for p in dest.parent.iterdir()]  # neither the video nor its partial file
