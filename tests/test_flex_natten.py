@@ -211,3 +211,97 @@ def test_compiled_blocks_reuse_one_compiled_flex(monkeypatch):
     finally:
         torch._dynamo.config.error_on_recompile = False
         torch._dynamo.reset()
+
+
+# -- natten_impl="auto": flex through flash-attn-4 where it suits, else the gather path -----------------------
+# The GPU kernels cannot run here, so the choice and the fallback are checked with the CUDA-only predicate
+# (`_flash_suits`) or the kernel call replaced; what runs on the GPU then is the same flex call these tests
+# check numerically above.
+
+from types import SimpleNamespace  # noqa: E402
+
+from engine.models import attention as attention_mod  # noqa: E402
+from engine.models import flex_natten  # noqa: E402
+from engine.models.sparse_attention import neighborhood_attention  # noqa: E402
+
+LOCAL_S_PARAMS = {"window_size": (-1, 12, 24), "stride": (1, 4, 8), "dilation": 1}
+
+
+def _local_s_inputs():
+    grid = ALIGNED["local_s"][0]
+    q, k, v = qkv((1, *grid, 1, 8), seed=3)
+    return grid, [x.reshape(1, math.prod(grid), 1, 8) for x in (q, k, v)], (q, k, v)
+
+
+@torch.no_grad()
+def test_auto_runs_flex_with_the_flash_kernel_where_it_suits(monkeypatch):
+    grid, (q, k, v), (q6, k6, v6) = _local_s_inputs()
+    calls = []
+    eager = flex_natten.flex_neighborhood_attention
+
+    def recorder(*args, kernel_options=None):
+        calls.append(kernel_options)
+        return eager(*args)  # the eager flex result stands in for the GPU kernel's
+
+    monkeypatch.setattr(attention_mod, "_FLASH_FAILED", [])
+    monkeypatch.setattr(attention_mod, "_flash_suits", lambda *a: True)
+    monkeypatch.setattr(flex_natten, "flex_neighborhood_attention", recorder)
+    out = natten_attention(q, k, v, grid, LOCAL_S_PARAMS, impl="auto")
+    assert calls == [{"BACKEND": "FLASH"}]
+    assert torch.equal(out, eager(q6, k6, v6, (4, 12, 24), (1, 4, 8), (1, 1, 1)).reshape(out.shape))
+
+
+@torch.no_grad()
+def test_auto_falls_back_to_the_gather_path_once_flash_fails(monkeypatch):
+    grid, (q, k, v), (q6, k6, v6) = _local_s_inputs()
+    calls = []
+
+    def broken(*args, kernel_options=None):
+        calls.append(kernel_options)
+        raise RuntimeError("this torch cannot lower flex to FLASH")
+
+    monkeypatch.setattr(attention_mod, "_FLASH_FAILED", [])
+    # the real predicate's memory of a failure, without its CUDA/fa4 conditions
+    monkeypatch.setattr(attention_mod, "_flash_suits", lambda *a: not attention_mod._FLASH_FAILED)
+    monkeypatch.setattr(flex_natten, "flex_neighborhood_attention", broken)
+    gather = neighborhood_attention(q6, k6, v6, (4, 12, 24), (1, 4, 8), (1, 1, 1)).reshape(q.shape)
+    with pytest.warns(RuntimeWarning, match="cannot lower flex to FLASH"):
+        first = natten_attention(q, k, v, grid, LOCAL_S_PARAMS, impl="auto")
+    second = natten_attention(q, k, v, grid, LOCAL_S_PARAMS, impl="auto")
+    assert torch.equal(first, gather) and torch.equal(second, gather)
+    assert len(calls) == 1  # not retried on every layer
+
+
+def test_flash_suits_only_block_aligned_patterns_on_fa4(monkeypatch):
+    monkeypatch.setattr(attention_mod, "_FLASH_FAILED", [])
+    monkeypatch.setattr(attention_mod, "_fa4_preferred", lambda device: True)
+    grid, window, stride, dilation = ALIGNED["local_s"]
+    on_gpu = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), shape=(1, *grid, 1, 8))
+    suits = attention_mod._flash_suits
+    assert suits(on_gpu, window, stride, dilation, "auto")
+    assert suits(on_gpu, window, stride, dilation, "fa4")
+    assert not suits(on_gpu, window, stride, dilation, "cudnn")  # a forced dense kernel is respected
+    unaligned = CASES[1]  # stride 3 on W does not divide the window starts into whole tiles
+    assert not is_block_aligned(*unaligned)
+    ragged = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), shape=(1, *unaligned[0], 1, 8))
+    assert not suits(ragged, *unaligned[1:], "auto")
+    on_cpu = SimpleNamespace(is_cuda=False, device=torch.device("cpu"), shape=on_gpu.shape)
+    assert not suits(on_cpu, window, stride, dilation, "auto")
+    monkeypatch.setattr(attention_mod, "_fa4_preferred", lambda device: False)
+    assert not suits(on_gpu, window, stride, dilation, "auto")  # no flash-attn-4: the gather path
+    monkeypatch.setattr(attention_mod, "_fa4_preferred", lambda device: True)
+    monkeypatch.setattr(attention_mod, "_FLASH_FAILED", ["it failed before"])
+    assert not suits(on_gpu, window, stride, dilation, "auto")
+
+
+@torch.no_grad()
+def test_auto_on_the_cpu_is_the_gather_path_bit_for_bit():
+    grid, (q, k, v), (q6, k6, v6) = _local_s_inputs()
+    gather = neighborhood_attention(q6, k6, v6, (4, 12, 24), (1, 4, 8), (1, 1, 1)).reshape(q.shape)
+    assert torch.equal(natten_attention(q, k, v, grid, LOCAL_S_PARAMS, impl="auto"), gather)
+
+
+def test_flex_flash_off_cuda_says_what_it_needs():
+    grid, (q, k, v), _ = _local_s_inputs()
+    with pytest.raises(RuntimeError, match="flash-attn-4 only; use auto"):
+        natten_attention(q, k, v, grid, LOCAL_S_PARAMS, impl="flex_flash")

@@ -12,6 +12,7 @@ exact fp32 attention).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Sequence
 
 import torch
@@ -206,12 +207,17 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
 
 
 # Which implementation runs the sparse pattern: "natten" (natten.na3d), "sparse" (our gather + dense SDPA
-# path in sparse_attention.py, equal to na3d to fp32 tolerance), "flex" (one FlexAttention call over
-# tokens in tile order, flex_natten.py: reads K/V in place; not chosen by "auto" until timed on the GPU),
-# or "auto": na3d only where libnatten's fused kernels exist (natten.HAS_LIBNATTEN, CUDA), else "sparse".
-# Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on CUDA was measured
-# 4x slower than dense cuDNN and runs out of memory at 720p.
-NATTEN_IMPLS = ("auto", "natten", "sparse", "flex")
+# path in sparse_attention.py, equal to na3d to fp32 tolerance), "flex" (one FlexAttention call over tokens
+# in tile order, flex_natten.py, Triton's kernel: reads K/V in place), "flex_flash" (the same call through
+# flash-attn-4's kernel, BACKEND=FLASH; needs flash_attn.cute and CUDA), or "auto".
+# "auto": na3d where libnatten's fused kernels exist (natten.HAS_LIBNATTEN, CUDA). Else, per layer, flex_flash
+# where flash-attn-4 is the dense kernel (Hopper) and the pattern is block-aligned on this grid (every
+# pattern of the tables at 720p), else "sparse". Measured on the H200 for the 28 layers of the 2B at 720p16,
+# batch 2 (bench/RESULTS.md): flex_flash 1005 ms, sparse 1292 (fa4 inside), flex 1407; so plain flex is
+# never chosen. Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on
+# CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
+NATTEN_IMPLS = ("auto", "natten", "sparse", "flex", "flex_flash")
+FLASH = {"BACKEND": "FLASH"}
 
 
 def _resolve_impl(impl: str, device: torch.device) -> str:
@@ -220,8 +226,37 @@ def _resolve_impl(impl: str, device: torch.device) -> str:
     try:
         import natten
     except ImportError:
-        return "sparse"
-    return "natten" if (device.type == "cuda" and natten.HAS_LIBNATTEN) else "sparse"
+        return "auto"
+    return "natten" if (device.type == "cuda" and natten.HAS_LIBNATTEN) else "auto"
+
+
+_FLASH_FAILED: list[str] = []  # why flex_flash failed once in this process; auto then stays on the gather path
+
+
+def _flash_suits(q6, window, stride, dilation, dense_backend) -> bool:
+    """Whether "auto" runs this layer as flex_flash: CUDA, flash-attn-4 usable (the dense kernel auto picks),
+    the dense backend not forced to another kernel, no earlier failure, and the pattern block-aligned here
+    (an unaligned one has partial blocks, measured only through Triton's flex)."""
+    from engine.models.flex_natten import is_block_aligned
+
+    return (q6.is_cuda and not _FLASH_FAILED and dense_backend in ("auto", "fa4") and _fa4_preferred(q6.device)
+            and is_block_aligned(tuple(q6.shape[1:4]), window, stride, dilation))
+
+
+# Out of the compiled blocks (as both paths are): the alignment check is a cached host-side plan lookup.
+@torch.compiler.disable
+def _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_backend):
+    from engine.models.flex_natten import flex_neighborhood_attention
+    from engine.models.sparse_attention import neighborhood_attention
+
+    if _flash_suits(q6, window, stride, dilation, dense_backend):
+        try:
+            return flex_neighborhood_attention(q6, k6, v6, window, stride, dilation, kernel_options=FLASH)
+        except Exception as e:  # a torch or flash-attn-4 version whose flex FLASH lowering refuses this
+            _FLASH_FAILED.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
+            warnings.warn(f"NATTEN through flex + flash-attn-4 failed ({_FLASH_FAILED[0]}); using the gather "
+                          f"path (natten_impl='sparse') for the rest of this process", RuntimeWarning, stacklevel=2)
+    return neighborhood_attention(q6, k6, v6, window, stride, dilation, backend=dense_backend)
 
 
 def natten_attention(
@@ -249,14 +284,20 @@ def natten_attention(
         return attention(q, k, v, dense_backend)
     q6, k6, v6 = (t.reshape(B, T, H, W, N, D) for t in (q, k, v))
     impl = _resolve_impl(impl, q.device)
-    if impl == "sparse":
+    if impl == "auto":
+        out = _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_backend)
+    elif impl == "sparse":
         from engine.models.sparse_attention import neighborhood_attention
 
         out = neighborhood_attention(q6, k6, v6, window, stride, dilation, backend=dense_backend)
-    elif impl == "flex":
+    elif impl in ("flex", "flex_flash"):
         from engine.models.flex_natten import flex_neighborhood_attention
 
-        out = flex_neighborhood_attention(q6, k6, v6, window, stride, dilation)
+        if impl == "flex_flash" and not q.is_cuda:
+            raise RuntimeError("natten_impl flex_flash runs on NVIDIA GPUs with flash-attn-4 only; use auto")
+
+        out = flex_neighborhood_attention(q6, k6, v6, window, stride, dilation,
+                                          kernel_options=FLASH if impl == "flex_flash" else None)
     elif impl == "natten":
         import natten
 
