@@ -6,7 +6,9 @@ each costs per device and free a GPU for the component that needs it next.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import itertools
 
 import torch
 import torch.nn as nn
@@ -44,6 +46,25 @@ def onload(module, device: torch.device | str):
     """Move a component (back) to `device`. One call."""
     _module(module).to(device)
     return module
+
+
+@contextlib.contextmanager
+def visiting(module, device: torch.device | str):
+    """Run an inference-only component on `device` inside the block while its home copy stays where it is:
+    every parameter and buffer points at a copy on `device` until the block ends, then at its own tensor
+    again. Why not `.to(device)` and back: the weights do not change, so the trip back is a second copy of
+    every byte for nothing (T5-11B in fp32: 19.6 GB, 14.5 s for both trips on the H200 over pageable memory)."""
+    m = _module(module)
+    homes: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for t in itertools.chain(m.parameters(), m.buffers()):  # tied tensors come once
+                homes.append((t, t.data))
+                t.data = t.data.to(device, copy=True)
+        yield module
+    finally:
+        for t, home in homes:
+            t.data = home
 
 
 def cuda_memory(device=None) -> dict | None:

@@ -60,8 +60,9 @@ class TextEncoder:
         """[B, max_length, dim] float32 on the model's device; positions past each prompt's EOS are 0.
 
         run_on: a device to run the model on when a prompt is not cached (--offload_text_encoder: T5 lives
-        on the CPU). The model moves there and back only on a cache miss, so re-encoding the same prompts
-        (best-of-N, long-video chunks, batches) costs no transfer of its weights.
+        on the CPU). The weights are copied there only on a cache miss and dropped after (the CPU copy is
+        never written back), so re-encoding the same prompts (best-of-N, long-video chunks, batches) costs
+        no transfer of its weights.
         """
         if isinstance(prompts, str):
             raise TypeError("encode takes a list of prompts, not a single string")
@@ -69,15 +70,14 @@ class TextEncoder:
         self.misses += len(todo)
         self.hits += len(prompts) - len(todo)
         if todo:
+            from engine import memory
+
             home = self.device
-            moved = run_on is not None and torch.device(run_on) != home
-            if moved:
-                self.model.to(run_on)
-            try:
+            if run_on is not None and torch.device(run_on) != home:
+                with memory.visiting(self.model, run_on):  # one copy there; the home weights stay put
+                    embs = self._run(todo)
+            else:
                 embs = self._run(todo)
-            finally:
-                if moved:
-                    self.model.to(home)
             for prompt, emb in zip(todo, embs):
                 self._cache[(self.name, prompt)] = emb.to(home)
         rows = []
