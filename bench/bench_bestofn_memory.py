@@ -105,6 +105,10 @@ def main(argv=None):
                            "peak_gib": round(gib(torch.cuda.max_memory_allocated()), 2),
                            "allocated_after_gib": round(gib(torch.cuda.memory_allocated()), 2)})
             print(json.dumps(phases[-1]), flush=True)
+            if args.json:  # phase by phase: a run cut by its time limit still leaves what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps({"model_size": args.model_size, "partial": True,
+                                                       "phases": phases}, indent=2))
             return out
         return wrapper
 
