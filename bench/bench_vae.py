@@ -14,29 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_video2world import cuda_time, free, gib, random_weights_  # noqa: E402
+from bench.bench_attention import timed  # noqa: E402  (milliseconds: CUDA events, or wall clock off CUDA)
+from bench.bench_video2world import free, gib, random_weights_  # noqa: E402
 from engine.models.vae import WanVAE, vae_config  # noqa: E402
-
-
-def timed(fn, device: torch.device, reps: int) -> float:
-    if device.type == "cuda":
-        return statistics.median(cuda_time(fn, 1, reps))
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -77,7 +64,7 @@ def main(argv=None):
             if device.type == "cuda":
                 free()
             with torch.inference_mode():
-                s = timed(fn, device, args.reps)
+                s = timed(fn, device, args.reps) / 1000.0
             peak = gib(torch.cuda.max_memory_allocated()) if device.type == "cuda" else float("nan")
             rows.append({"variant": variant, "what": what, "seconds": round(s, 4), "peak_gib": round(peak, 2)})
             print(json.dumps(rows[-1]), flush=True)
