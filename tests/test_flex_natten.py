@@ -263,6 +263,7 @@ def test_flash_suits_only_block_aligned_patterns_on_fa4(monkeypatch):
     suits = attention_mod._flash_suits
     assert suits(on_gpu, window, stride, dilation, "auto")
     assert suits(on_gpu, window, stride, dilation, "fa4")
+    assert suits(on_gpu, window, stride, dilation, "natten")  # attention_backend "natten": auto for dense layers
     assert not suits(on_gpu, window, stride, dilation, "cudnn")  # a forced dense kernel is respected
     unaligned = CASES[1]  # stride 3 on W does not divide the window starts into whole tiles
     assert not is_block_aligned(*unaligned)

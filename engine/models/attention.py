@@ -239,7 +239,8 @@ def _flash_suits(q6, window, stride, dilation, dense_backend) -> bool:
     (an unaligned one has partial blocks, measured only through Triton's flex)."""
     from engine.models.flex_natten import is_block_aligned
 
-    return (q6.is_cuda and not _FLASH_FAILED and dense_backend in ("auto", "fa4") and _fa4_preferred(q6.device)
+    # "natten" as the dense backend means auto for the dense layers (see `attention`)
+    return (q6.is_cuda and not _FLASH_FAILED and dense_backend in ("auto", "natten", "fa4") and _fa4_preferred(q6.device)
             and is_block_aligned(tuple(q6.shape[1:4]), window, stride, dilation))
 
 
