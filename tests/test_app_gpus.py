@@ -196,3 +196,27 @@ def test_nvml_backend_reads_processes_and_hides_unknown_memory(monkeypatch):
 
     monkeypatch.setattr(nvml, "nvmlInit", broken)
     assert gpu_backend().reason == "NVML not available: Driver/library version mismatch"
+
+
+async def test_a_sample_that_arrives_before_the_card_is_composed_is_shown_once_it_is():
+    """The GPU screen mounts a card and hands it a sample at once; under load the next sample can come before
+    the card's children exist (CI saw NoMatches on '.gpu-title'). The card keeps the latest for its mount."""
+    from textual.app import App
+
+    from cosmos_tui.widgets.gpu_card import GpuCard
+
+    first, second = (DemoBackend(1).list()[0] for _ in range(2))
+    second = {**second, "name": "Second Sample GPU"}
+
+    class Host(App):
+        def on_mount(self) -> None:
+            card = GpuCard(0)
+            self.mount(card)
+            card.update_gpu(first)  # before the card's compose has run
+            card.update_gpu(second)
+
+    app = Host()
+    async with app.run_test(size=(100, 20)) as pilot:
+        await pilot.pause()
+        title = str(app.query_one(".gpu-title").render())
+        assert "Second Sample GPU" in title

@@ -49,10 +49,7 @@ class GpuScreen(QuietBackground, Screen):
             if card is None:
                 card = GpuCard(g["index"])
                 box.mount(card)
-                # its children exist only after mounting; fill it on the next refresh
-                self.call_after_refresh(self._fill, card, g)
-            else:
-                self._fill(card, g)
+            self._fill(card, g)  # a card not mounted yet keeps the sample for its on_mount
         backend = (self.app.queue_info or {}).get("gpu_backend")
         self.query_one("#gpu-status", QuietStatic).update(gpu_status(gpus, self.app.gpu_source, backend))
 

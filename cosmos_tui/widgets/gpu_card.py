@@ -75,6 +75,10 @@ class GpuCard(Vertical):
         super().__init__(id=f"gpu-{index}", **kwargs)
         self.index = index
         self.gpu: dict = {}
+        # A sample can arrive between mount() and the children's composition (the screen finds the card in
+        # the DOM at once; seen under load in CI as NoMatches on '.gpu-title'): it waits here for on_mount.
+        self._ready = False
+        self._latest: tuple | None = None
 
     def compose(self) -> ComposeResult:
         yield QuietStatic(classes="gpu-title", markup=False)
@@ -85,9 +89,18 @@ class GpuCard(Vertical):
             yield HistoryPlot("util", classes="gpu-util")
         yield QuietStatic(classes="gpu-procs", markup=False)
 
+    def on_mount(self) -> None:
+        self._ready = True
+        if self._latest is not None:
+            self.update_gpu(*self._latest)
+
     def update_gpu(self, gpu: dict, history: list[tuple] = (), now: float = 0.0) -> None:
-        """`history`: (time, mem_used, util) samples from the app, oldest first."""
+        """`history`: (time, mem_used, util) samples from the app, oldest first. Before the card is mounted
+        only the latest sample is kept, and shown on mount."""
         self.gpu = gpu
+        if not self._ready:
+            self._latest = (gpu, list(history), now)
+            return
         cpu = bool(gpu.get("cpu"))
         self.query_one(".gpu-title", QuietStatic).update(gpu_title(gpu))
         line = self.query_one(".gpu-line", QuietStatic)
