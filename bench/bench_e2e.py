@@ -121,6 +121,7 @@ def random_pipeline(spec, t5, tok, device, dtype, emit=None, natten_impl: str = 
     pipe._compile_dit()
     pipe.vae = WanVAE(vae_config("tiny" if spec.model_size == "tiny" else "wan2.1")).to(device, dtype).eval()
     random_weights_(pipe.vae, seed=3)
+    pipe.prepare_vae()  # what load() does to a checkpoint's VAE
     pipe.text_encoder = TextEncoder(t5.to("cpu" if spec.offload_text_encoder else device), tok, name="t5-11b-random")
     return pipe
 

@@ -176,3 +176,18 @@ def test_rejects_bad_frame_count(pair):
     ours, _ = pair
     with pytest.raises(ValueError, match="1\\+4k"):
         ours.encode(_clip(8, h=16, w=16))
+
+
+@torch.no_grad()
+def test_decoder_in_channels_last_decodes_the_same_video():
+    """The GPU pipeline stores the decoder's conv weights channels-last (a faster cuDNN kernel); the video
+    must be the same to fp32 rounding: the same convolutions summed by another kernel (TOL above)."""
+    vae = WanVAE(vae_config("tiny")).random_init_(5).eval()
+    z = torch.randn(1, vae.config.z_dim, 3, 4, 6, generator=torch.Generator().manual_seed(2))
+    plain = vae.decode(z)
+    vae.decoder_channels_last_()
+    moved = [p for p in vae.decoder.parameters() if p.ndim == 5]
+    assert moved and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in moved)
+    assert all(p.is_contiguous() for p in vae.encoder.parameters())  # the encoder keeps its layout
+    cl = vae.decode(z)
+    assert ((cl - plain).norm() / plain.norm()).item() < TOL

@@ -364,6 +364,18 @@ class WanVAE(nn.Module):
         return out
 
     @torch.no_grad()
+    def decoder_channels_last_(self) -> "WanVAE":
+        """The decode path's 3-D conv weights (conv2 and the decoder's) in channels-last-3d order, which makes
+        cuDNN pick faster kernels for them. Measured on the H200 at 720p with cudnn.benchmark on
+        (bench/bench_vae.py): decode 3.868 -> 3.276 s, peak 10.0 -> 9.2 GiB. The encoder stays as it is: in the
+        same layout its 1- and 5-frame encodes, all the pipeline runs, got slower (0.043 -> 0.055 s,
+        0.149 -> 0.209 s)."""
+        for p in (*self.conv2.parameters(), *self.decoder.parameters()):
+            if p.ndim == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        return self
+
+    @torch.no_grad()
     def random_init_(self, seed: int) -> "WanVAE":
         """Seeded random weights (tiny profile, tests): conv weights std 1/sqrt(fan_in), small
         non-zero biases, norm gains around 1 — every parameter matters to the output."""
