@@ -81,7 +81,7 @@ def is_block_aligned(grid: Sequence[int], window: Sequence[int], stride: Sequenc
                      dilation: Sequence[int] = (1, 1, 1)) -> bool:
     """True when the pattern's BlockMask in tile order has no partial block (see the module docstring);
     decided from the plan itself, so it cannot drift from what the kernel gets."""
-    return _plan(tuple(grid), tuple(window), tuple(stride), tuple(dilation), torch.device("cpu")).partial_blocks == 0
+    return _tables(tuple(grid), tuple(window), tuple(stride), tuple(dilation)).partial_blocks == 0
 
 
 def _ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +92,23 @@ def _ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return num[None, None].contiguous(), idx[None, None].contiguous()
 
 
-@functools.lru_cache(maxsize=64)
-def _plan(X: tuple, window: tuple, stride: tuple, dilation: tuple, device: torch.device) -> FlexPlan:
-    from torch.nn.attention.flex_attention import BlockMask
+@dataclass(frozen=True)
+class _Tables:
+    """A pattern's host-side plan on the CPU, for any device: computed once per (grid, pattern), so asking
+    whether it is block-aligned (natten auto, per layer) and building the device's plan share the work."""
 
+    perm: torch.Tensor
+    inverse: torch.Tensor
+    coord: list  # per axis, [L padded to whole blocks] int32: key coordinates
+    lo: list  # per axis, window low per query
+    hi: list  # per axis, window high per query
+    blocks: tuple  # (kv_num, kv_idx, full_num, full_idx): BlockMask's compressed layout
+    partial_blocks: int
+    full_blocks: int
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(X: tuple, window: tuple, stride: tuple, dilation: tuple) -> _Tables:
     L = math.prod(X)
     axes = [_axis_layout(n, w, s, d) for n, w, s, d in zip(X, window, stride, dilation)]
     # Per token in (t h w) order, broadcast from the three axes: [L] each.
@@ -139,8 +152,18 @@ def _plan(X: tuple, window: tuple, stride: tuple, dilation: tuple, device: torch
     pad = nk * BLOCK - L
     coord = [torch.nn.functional.pad(c, (0, pad), value=-1) for c in coord]
     lo, hi = ([torch.nn.functional.pad(c, (0, pad), value=0) for c in f] for f in (lo, hi))
-    coord, lo, hi = ([c.to(torch.int32).to(device) for c in f] for f in (coord, lo, hi))
-    (ct, ch, cw), (lt, lh, lw), (ht, hh, hw) = coord, lo, hi
+    coord, lo, hi = ([c.to(torch.int32) for c in f] for f in (coord, lo, hi))
+    return _Tables(perm, inverse, coord, lo, hi, (*_ordered(partial), *_ordered(full)),
+                   int(partial.sum()), int(full.sum()))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(X: tuple, window: tuple, stride: tuple, dilation: tuple, device: torch.device) -> FlexPlan:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    tab = _tables(X, window, stride, dilation)
+    L = math.prod(X)
+    (ct, ch, cw), (lt, lh, lw), (ht, hh, hw) = ([c.to(device) for c in f] for f in (tab.coord, tab.lo, tab.hi))
 
     # Decides the partial blocks on the GPU and every pair in the eager (CPU) path, which ignores the
     # block structure. The tensors it captures are mask_mod buffers to torch.compile: guarded by shape,
@@ -150,13 +173,9 @@ def _plan(X: tuple, window: tuple, stride: tuple, dilation: tuple, device: torch
         return ((lt[q_idx] <= t) & (t < ht[q_idx]) & (lh[q_idx] <= r) & (r < hh[q_idx])
                 & (lw[q_idx] <= c) & (c < hw[q_idx]))
 
-    kv_num, kv_idx = _ordered(partial)
-    full_num, full_idx = _ordered(full)
-    block_mask = BlockMask.from_kv_blocks(
-        kv_num.to(device), kv_idx.to(device), full_num.to(device), full_idx.to(device),
-        BLOCK_SIZE=BLOCK, mask_mod=mask_mod, seq_lengths=(L, L),
-    )
-    return FlexPlan(perm.to(device), inverse.to(device), block_mask, int(partial.sum()), int(full.sum()))
+    block_mask = BlockMask.from_kv_blocks(*(b.to(device) for b in tab.blocks), BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
+                                          seq_lengths=(L, L))
+    return FlexPlan(tab.perm.to(device), tab.inverse.to(device), block_mask, tab.partial_blocks, tab.full_blocks)
 
 
 _COMPILED = None
