@@ -77,7 +77,6 @@ class GpuCard(Vertical):
         self.gpu: dict = {}
         # A sample can arrive between mount() and the children's composition (the screen finds the card in
         # the DOM at once; seen under load in CI as NoMatches on '.gpu-title'): it waits here for on_mount.
-        self._ready = False
         self._latest: tuple | None = None
 
     def compose(self) -> ComposeResult:
@@ -90,17 +89,19 @@ class GpuCard(Vertical):
         yield QuietStatic(classes="gpu-procs", markup=False)
 
     def on_mount(self) -> None:
-        self._ready = True
         if self._latest is not None:
-            self.update_gpu(*self._latest)
+            self._show(*self._latest)
 
     def update_gpu(self, gpu: dict, history: list[tuple] = (), now: float = 0.0) -> None:
         """`history`: (time, mem_used, util) samples from the app, oldest first. Before the card is mounted
         only the latest sample is kept, and shown on mount."""
         self.gpu = gpu
-        if not self._ready:
+        if not self.is_mounted:  # textual sets it once on_mount has run
             self._latest = (gpu, list(history), now)
             return
+        self._show(gpu, history, now)
+
+    def _show(self, gpu: dict, history, now: float) -> None:
         cpu = bool(gpu.get("cpu"))
         self.query_one(".gpu-title", QuietStatic).update(gpu_title(gpu))
         line = self.query_one(".gpu-line", QuietStatic)
