@@ -434,5 +434,20 @@ def main(mode: str, argv: Sequence[str] | None = None, emit: Callable[[dict], No
     return EXIT_FAILED if crashed else EXIT_OK
 
 
+def leave_process_group() -> None:
+    """End of a process that may be a torchrun rank: leave the process group before the interpreter tears
+    down. Left to interpreter exit, gloo's background threads can abort the process (SIGABRT, "terminate
+    called without an active exception") after the job finished: torchrun then reports the run failed
+    and a Slurm job ends FAILED. Only engine.parallel creates a group, so when it was never imported there
+    is nothing to leave (and this stays torch-free)."""
+    parallel = sys.modules.get("engine.parallel")
+    if parallel is not None:
+        parallel.shutdown()
+
+
 def entry_point(mode: str) -> typing.NoReturn:
-    sys.exit(main(mode))
+    try:
+        code = main(mode)
+    finally:
+        leave_process_group()
+    sys.exit(code)

@@ -30,6 +30,7 @@ import time
 import traceback
 
 from engine import events
+from engine.cli_args import leave_process_group
 
 
 class Protocol:
@@ -306,12 +307,8 @@ def main() -> int:
 
 
 def _leave(code: int) -> int:
-    """A clean exit leaves the process group first: torn down with the interpreter, gloo's threads can
-    abort the process (SIGABRT) after the job finished, and a Slurm job would then end FAILED."""
-    if _multi_rank():
-        from engine import parallel
-
-        parallel.shutdown()
+    """A clean exit leaves the process group first (cli_args.leave_process_group says why)."""
+    leave_process_group()
     return code
 
 

@@ -323,3 +323,24 @@ def test_batch_entry_overrides_spec_fields_and_ignores_unknown_keys(tmp_path, im
 def test_batch_help_says_entries_may_override_fields():
     text = " ".join(cli_args.build_parser("video2world").format_help().split())
     assert "unknown keys are ignored" in text and "seed, guidance" in text
+
+
+def test_a_cli_run_leaves_its_process_group_before_the_interpreter_exits(monkeypatch, tmp_path):
+    """A torchrun rank that exits with gloo's group still up can SIGABRT in teardown after the job
+    finished (CI saw rank 1 die that way), so entry_point leaves the group on every way out: here a
+    usage error. A real one-member gloo group stands in for torchrun's."""
+    import torch.distributed as dist
+
+    from engine import parallel
+
+    monkeypatch.setattr(sys, "argv", ["video2world", "--num_steps", "0"])
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli_args.entry_point("video2world")
+        assert exit_.value.code == 2
+        assert not dist.is_initialized()
+        assert parallel.state() is None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
