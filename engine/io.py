@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
+import queue
 import secrets
+import threading
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -261,38 +262,153 @@ def write_video(path: str | os.PathLike, video: "torch.Tensor | np.ndarray", fps
     """Write an H.264 mp4 (yuv420p) from a [3, T, H, W] clip: uint8, or float in [-1, 1].
 
     Width and height must be even (yuv420p halves chroma); every table size is a multiple of 16.
-    macro_block_size 1 keeps the exact size instead of letting ffmpeg pad it. The file appears under
-    its name only when complete (written beside it, then renamed), so a watcher never sees half a video;
-    if ffmpeg fails (a full disk, say) nothing is renamed and engine.mp4.VideoWriteError says why.
+    The file appears under its name only when complete (VideoStream says how); if ffmpeg fails (a full
+    disk, say) nothing is renamed and engine.mp4.VideoWriteError says why.
     """
     import torch
 
-    from engine import mp4
-
-    path = Path(path)
     v = torch.as_tensor(video)
     if v.ndim == 5:
         if v.shape[0] != 1:
             raise ValueError(f"write_video takes one video; got a batch of {v.shape[0]}")
         v = v[0]
-    if v.ndim != 4 or v.shape[0] != 3:
-        raise ValueError(f"expected a video [3, T, H, W], got {tuple(v.shape)}")
-    _, _, h, w = v.shape
-    if w % 2 or h % 2:
-        raise ValueError(f"video size {w}x{h}: H.264 yuv420p needs even width and height")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per writer: two jobs finishing at once must not share a temporary file
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.partial{path.suffix}")
-    try:
-        # frame by frame, converted as ffmpeg takes them: the conversion runs while the encoder (its own
-        # process) works on the frames before, and no whole-video copy is made
-        mp4.encode(str(tmp), iter_frames_uint8(v), w, h, fps, quality, shown_name=str(path))
-    except BaseException:
-        # a truncated video must never be renamed into place
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    return path
+    with VideoStream(path, fps, quality) as stream:
+        stream.feed(v)
+        return stream.close()
+
+
+class VideoStream:
+    """An mp4 written while its frames are still being made: `feed` clips as they come (the VAE decodes a
+    video 4 frames at a time), `close` when the last has been fed. ffmpeg is its own process and a thread
+    here hands it the frames, so the encode runs on the CPU while the GPU decodes the rest; written after
+    the decode, it added 3.6-4.3 s to every 720p job on the H200 (bench/RESULTS.md, "mp4 s").
+
+    The file is written beside its name and renamed into place by `close` only when ffmpeg took every frame
+    and exited 0, so a watcher never sees half a video; `abort` (or leaving the `with` block on an
+    exception) stops ffmpeg and removes the partial file. ffmpeg starts with the first clip, whose size it
+    takes. macro_block_size 1: the exact size, never padded by ffmpeg.
+    """
+
+    # frames handed over but not yet taken by ffmpeg: 32 at 720p is ~88 MB, and enough for the decoder
+    # never to wait on an encoder that keeps pace with it
+    MAX_QUEUED = 32
+    _END, _ABORT = object(), object()
+
+    def __init__(self, path: str | os.PathLike, fps: int | float, quality: int = 7):
+        self.path = Path(path)
+        self.fps, self.quality = fps, quality
+        self.frames = 0
+        self.size: tuple[int, int] | None = None  # (width, height) once the first clip came
+        # unique per writer: two jobs finishing at once must not share a temporary file
+        self._tmp = self.path.with_name(
+            f".{self.path.stem}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(3)}.partial{self.path.suffix}")
+        self._queue: "queue.Queue[Any]" = queue.Queue(self.MAX_QUEUED)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._done: Path | None = None
+
+    def feed(self, clip: "torch.Tensor") -> None:
+        """Append the frames of a [3, k, H, W] clip (uint8, or float in [-1, 1]; on the CPU or a GPU).
+        Raises VideoWriteError at once if ffmpeg has already failed (a full disk, say)."""
+        import torch
+
+        v = torch.as_tensor(clip).detach()
+        if v.ndim != 4 or v.shape[0] != 3:
+            raise ValueError(f"expected a video [3, T, H, W], got {tuple(v.shape)}")
+        h, w = int(v.shape[2]), int(v.shape[3])
+        if self.size is None:
+            self._start(w, h)
+        elif self.size != (w, h):
+            raise ValueError(f"a clip of {w}x{h} fed to a {self.size[0]}x{self.size[1]} video")
+        if v.device.type != "cpu":
+            # one conversion and one copy to the host per clip: per frame, each copy would wait for the GPU
+            v = to_uint8(v).permute(1, 2, 3, 0).contiguous().cpu().numpy()
+            frames: Iterable[Any] = (v[i] for i in range(v.shape[0]))
+        else:
+            frames = iter_frames_uint8(v)
+        for frame in frames:
+            self._put(frame)
+            self.frames += 1
+
+    def close(self) -> Path:
+        """Wait for ffmpeg to finish and put the file in place; returns its path. Idempotent."""
+        if self._done is not None:
+            return self._done
+        if self._thread is None:
+            raise ValueError(f"{self.path}: no frames were written")
+        self._put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            self._tmp.unlink(missing_ok=True)
+            raise self._error
+        os.replace(self._tmp, self.path)
+        self._done = self.path
+        return self.path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file; the video is not written. Safe to call twice."""
+        if self._thread is not None and self._thread.is_alive():
+            while True:  # frames not yet taken are dropped: only the stop has to reach the writer
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queue.put(self._ABORT)
+            self._thread.join()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self._done is None:
+            self.abort()
+
+    # -- the writer thread --
+
+    def _start(self, w: int, h: int) -> None:
+        if w % 2 or h % 2:
+            raise ValueError(f"video size {w}x{h}: H.264 yuv420p needs even width and height")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.size = (w, h)
+        self._thread = threading.Thread(target=self._write, args=(w, h), name=f"mp4 {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _write(self, w: int, h: int) -> None:
+        from engine import mp4
+
+        try:
+            mp4.encode(str(self._tmp), self._frames(), w, h, self.fps, self.quality, shown_name=str(self.path))
+        except BaseException as exc:  # handed to the feeding thread by _put / close
+            self._error = exc
+
+    def _frames(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if item is self._ABORT:
+                raise _Aborted()  # mp4.encode kills ffmpeg on any exception from its frames
+            yield item
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._error is not None and not isinstance(self._error, _Aborted):
+                raise self._error
+            if not self._thread.is_alive():
+                # ffmpeg failed before taking everything, the thread holds its error; an abort ends here too
+                if self._error is None:
+                    raise RuntimeError(f"{self.path}: the mp4 writer stopped")  # not expected: a bug
+                raise self._error
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+
+class _Aborted(Exception):
+    """VideoStream.abort's stop, raised inside the frames ffmpeg is fed."""
 
 
 def write_image(path: str | os.PathLike, frame: "torch.Tensor | np.ndarray", quality: int = 95) -> Path:

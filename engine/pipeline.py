@@ -231,15 +231,22 @@ class Video2WorldPipeline:
 
     def generate(self, job: GenerationSpec, input_path: str | None = None, *, seed: int | None = None,
                  frames: torch.Tensor | None = None, refine_input: str | None = None, cancel=None,
-                 step_fields: dict | None = None) -> GenerationResult:
+                 step_fields: dict | None = None, video_stream=None) -> GenerationResult:
         """One video for `job` (its prompt, negative prompt, steps, guidance, aspect ratio, conditional
         frames, guardrail/refiner switches). `input_path` defaults to the job's; `seed` overrides the job's
-        (best-of-N and long video step it); `frames` replaces the input file (long video)."""
+        (best-of-N and long video step it); `frames` replaces the input file (long video).
+
+        `video_stream` (an engine.io.VideoStream, rank 0 only) gets the frames while the VAE decodes them;
+        the caller closes it. Only with the guardrail off: a guarded video may be blocked or pixelated after
+        the whole of it is decoded, so its file can't start before that."""
         from engine import sampling
 
         if isinstance(job, str):
             raise TypeError("generate takes the job's GenerationSpec first (its prompt, steps, guidance...), "
                             "not a prompt: pipe.generate(spec, input_path, seed=...)")
+        if video_stream is not None and not job.disable_guardrail:
+            raise ValueError("video_stream: the guardrail checks the whole decoded video before it is written; "
+                             "stream only jobs with disable_guardrail")
         if build_key(job) != self.key:
             raise ValueError("this pipeline was built for other settings (model, resolution, fps, checkpoints, "
                              "offload or kernel flags); get one for this job with engine.pipeline.get_pipeline")
@@ -338,7 +345,9 @@ class Video2WorldPipeline:
         t0 = time.perf_counter()
         with phase(self.ev, "vae_decode", key, **extra):
             with torch.inference_mode():
-                decoded = self.vae.decode(x0.to(self.dtype)).float()[0]
+                # the stream takes fp32 frames, the values `video` holds, so its file is write_video's
+                feed = (lambda clip: video_stream.feed(clip[0].float())) if video_stream is not None else None
+                decoded = self.vae.decode(x0.to(self.dtype), on_frames=feed).float()[0]
             self._sync()
             # handing the video to the host is part of this phase's time (a 1 GB copy at 720p, 93 frames
             # of fp32), not left between phases where no table would show it

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -329,3 +330,89 @@ def test_a_frame_that_fails_to_convert_mid_video_leaves_no_file(tmp_path, monkey
         io.write_video(dest, torch.zeros(3, 5, 32, 48), 16)
     assert len(calls) == 3
     assert not [p for p in dest.parent.iterdir()]  # neither the video nor its partial file
+
+
+def _decoder_clips(video: torch.Tensor) -> list[torch.Tensor]:
+    """A [3, T, H, W] video cut as the VAE's decode hands it out: 1 frame, then 4 at a time."""
+    return [video[:, :1]] + [video[:, i : i + 4] for i in range(1, video.shape[1], 4)]
+
+
+def test_a_video_fed_in_decoder_clips_is_the_file_write_video_writes(tmp_path):
+    """The stream is the same encode as the whole-video write (same frames, same ffmpeg command), so
+    the files are byte for byte equal; and the file is only there after close()."""
+    x = _rounding_edges()
+    n = 3 * 9 * 32 * 48
+    video = x[torch.randint(len(x), (n,), generator=torch.Generator().manual_seed(2))].reshape(3, 9, 32, 48)
+    io.write_video(tmp_path / "whole.mp4", video, 16)
+    dest = tmp_path / "streamed.mp4"
+    with io.VideoStream(dest, 16) as stream:
+        for clip in _decoder_clips(video):
+            stream.feed(clip)
+        assert not dest.exists()
+        assert stream.close() == dest
+    assert stream.frames == 9 and stream.size == (48, 32)
+    assert dest.read_bytes() == (tmp_path / "whole.mp4").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]
+
+
+def test_the_stream_hands_frames_to_ffmpeg_before_it_is_closed(tmp_path, monkeypatch):
+    """The point of the stream: ffmpeg has the first frames while later ones are still being made. A
+    stand-in ffmpeg copies its input to the output file, so the partial file grows as frames arrive. The
+    frames are larger than the pipe's 8 KiB write buffer on our side, as every real frame is."""
+    from engine import mp4
+
+    monkeypatch.setattr(mp4, "ffmpeg_exe", lambda: _fake_ffmpeg(tmp_path, 'for a; do out="$a"; done; cat > "$out"\n'))
+    dest = tmp_path / "out" / "clip.mp4"
+    frame_bytes = 64 * 64 * 3
+    with io.VideoStream(dest, 16) as stream:
+        stream.feed(torch.zeros(3, 2, 64, 64, dtype=torch.uint8))
+        deadline = time.monotonic() + 20
+        partial: list = []
+        while time.monotonic() < deadline:
+            partial = [p for p in dest.parent.iterdir() if ".partial" in p.name]
+            if partial and partial[0].stat().st_size == 2 * frame_bytes:
+                break
+            time.sleep(0.02)
+        assert partial and partial[0].stat().st_size == 2 * frame_bytes
+        assert not dest.exists()
+        stream.feed(torch.zeros(3, 1, 64, 64, dtype=torch.uint8))
+        stream.close()
+    assert dest.stat().st_size == 3 * frame_bytes
+    assert [p.name for p in dest.parent.iterdir()] == ["clip.mp4"]
+
+
+def test_ffmpeg_dying_mid_stream_fails_the_feed_and_leaves_nothing(tmp_path, monkeypatch):
+    """ffmpeg dies after its first bytes (a full disk): a later feed raises its error instead of
+    waiting on a queue nobody empties, and neither the video nor the partial file is left."""
+    from engine import mp4
+
+    script = ('for a; do out="$a"; done; head -c 100 > "$out"; '
+              'echo "av_interleaved_write_frame(): No space left on device" >&2; exit 1\n')
+    monkeypatch.setattr(mp4, "ffmpeg_exe", lambda: _fake_ffmpeg(tmp_path, script))
+    dest = tmp_path / "out" / "clip.mp4"
+    clip = torch.zeros(3, 4, 128, 128, dtype=torch.uint8)  # 4 frames of 48 KiB: the pipe fills quickly
+    with pytest.raises(mp4.VideoWriteError) as e:
+        with io.VideoStream(dest, 16) as stream:
+            for _ in range(200):  # 800 frames, far more than the queue and the pipe hold together
+                stream.feed(clip)
+            stream.close()
+    assert "No space left on device" in str(e.value) and str(dest) in str(e.value)
+    assert not [p for p in dest.parent.iterdir()]
+
+
+def test_an_error_while_streaming_stops_ffmpeg_and_leaves_nothing(tmp_path):
+    """A job that fails or is cancelled mid-decode leaves the `with` block with an exception: the stream
+    is aborted (ffmpeg stopped, the partial removed), and a stream never closed writes nothing."""
+    dest = tmp_path / "out" / "clip.mp4"
+    with pytest.raises(RuntimeError, match="decode failed"):
+        with io.VideoStream(dest, 16) as stream:
+            stream.feed(torch.zeros(3, 5, 32, 48))
+            raise RuntimeError("decode failed")
+    assert not stream._thread.is_alive()
+    assert not [p for p in dest.parent.iterdir()]
+    with io.VideoStream(tmp_path / "never.mp4", 16) as stream:
+        stream.feed(torch.zeros(3, 1, 32, 48))
+    assert not [p for p in tmp_path.iterdir() if p.is_file()]
+    with pytest.raises(ValueError, match="33x32"):
+        with io.VideoStream(tmp_path / "odd.mp4", 16) as stream:
+            stream.feed(torch.zeros(3, 1, 32, 33))

@@ -111,6 +111,49 @@ def test_benchmark_runs_four_times_and_reports_the_mean_of_three(tmp_path):
     assert sum(1 for e in evs if e["event"] == "step" and e["step"] == 1) == 4
 
 
+def test_with_the_guardrail_off_the_mp4_is_encoded_while_the_vae_decodes(tmp_path, monkeypatch):
+    """A guardrail-off job feeds each latent frame's pixel frames to ffmpeg as the VAE decodes them (the
+    encode overlaps the decode) and writes the file a whole-video write of the same frames writes; with
+    --benchmark no frame goes out during a decode (the timed runs are generation alone; the last run's
+    video is written whole afterwards)."""
+    from engine.models import vae as vae_mod
+
+    feeds: list[tuple[bool, int, torch.Tensor]] = []  # (during a decode, frames, clip)
+    real_feed, real_decode = io.VideoStream.feed, vae_mod.WanVAE.decode
+    decoding = threading.local()
+
+    def decode(self, *a, **k):
+        decoding.on = True
+        try:
+            return real_decode(self, *a, **k)
+        finally:
+            decoding.on = False
+
+    def feed(self, clip):
+        feeds.append((getattr(decoding, "on", False), clip.shape[1], clip.clone()))
+        return real_feed(self, clip)
+
+    monkeypatch.setattr(io.VideoStream, "feed", feed)
+    monkeypatch.setattr(vae_mod.WanVAE, "decode", decode)
+    video = run_job(tiny(tmp_path))[0]
+    frames = resolutions.num_frames(16, "tiny")
+    assert [(during, n) for during, n, _ in feeds] == [(True, 1)] + [(True, 4)] * ((frames - 1) // 4)
+    clips = [c for _, _, c in feeds]
+    feeds.clear()
+    whole = io.write_video(tmp_path / "whole.mp4", torch.cat(clips, dim=1), 16)
+    assert open(video, "rb").read() == whole.read_bytes()
+    feeds.clear()
+    run_job(tiny(tmp_path, benchmark=True, save_path=str(tmp_path / "bench.mp4")))
+    assert feeds and not any(during for during, _, _ in feeds)
+
+
+def test_a_stream_is_refused_while_the_guardrail_must_see_the_whole_video(tmp_path):
+    spec = tiny(tmp_path, disable_guardrail=False)
+    pipe = get_pipeline(spec)
+    with pytest.raises(ValueError, match="disable_guardrail"):
+        pipe.generate(spec, video_stream=io.VideoStream(tmp_path / "x.mp4", 16))
+
+
 def test_image_with_five_conditional_frames_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="num_conditional_frames"):
         run_job(tiny(tmp_path, num_conditional_frames=5))

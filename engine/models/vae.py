@@ -340,8 +340,11 @@ class WanVAE(nn.Module):
         return ((mu.float() - mean) / std).to(video.dtype)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """latent [B,16,t,h,w] (normalised) -> video [B,3,1+4(t-1),8h,8w], roughly [-1,1], not clamped."""
+    def decode(self, latent: torch.Tensor, on_frames=None) -> torch.Tensor:
+        """latent [B,16,t,h,w] (normalised) -> video [B,3,1+4(t-1),8h,8w], roughly [-1,1], not clamped.
+
+        `on_frames(clip)`, if given, sees each latent frame's pixel frames ([B,3,k,8h,8w], 1 then 4 at a
+        time) as soon as they are decoded: the mp4 writer starts on them while the rest decode."""
         cfg = self.config
         if latent.ndim != 5 or latent.shape[1] != cfg.z_dim:
             raise ValueError(f"decode expects latent [B,{cfg.z_dim},t,h,w]; got shape {tuple(latent.shape)}")
@@ -358,6 +361,8 @@ class WanVAE(nn.Module):
             frames = self.decoder(z[:, :, i : i + 1], state)
             out[:, :, pos : pos + frames.shape[2]] = frames
             pos += frames.shape[2]
+            if on_frames is not None:
+                on_frames(frames)
             del frames
         del state
         assert pos == out.shape[2], (pos, out.shape)

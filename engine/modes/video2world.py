@@ -20,10 +20,18 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     runs = BENCHMARK_RUNS if spec.benchmark else 1
     times = []
     result = None
+    stream = None
     for r in range(runs):
         t0 = time.perf_counter()
-        result = pipe.generate(spec, spec.input_path, seed=spec.seed, cancel=cancel,
-                               step_fields={"run": r + 1, "runs": runs} if spec.benchmark else None)
+        # only the run that makes the file streams it, so --benchmark's timed runs stay generation alone
+        stream = open_stream(spec, Path(spec.save_path)) if r == runs - 1 and not spec.benchmark else None
+        try:
+            result = pipe.generate(spec, spec.input_path, seed=spec.seed, cancel=cancel, video_stream=stream,
+                                   step_fields={"run": r + 1, "runs": runs} if spec.benchmark else None)
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
         times.append(time.perf_counter() - t0)
         if spec.benchmark:
             ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
@@ -35,22 +43,41 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         timings["benchmark_mean_s"] = sum(timed) / len(timed)
         timings["benchmark_runs_s"] = timed
         ev.log(f"benchmark: mean of {len(timed)} timed runs {timings['benchmark_mean_s']:.2f}s")
-    return write_result(spec, result, Path(spec.save_path), ev, timings,
+    return write_result(spec, result, Path(spec.save_path), ev, timings, stream=stream,
                         phase_fields={"run": runs, "runs": runs} if spec.benchmark else None)
 
 
+def open_stream(spec: GenerationSpec, path: Path):
+    """A VideoStream for `path` when the job's video may be written while it decodes (guardrail off, this
+    rank writes), else None: the video is then written whole after the guardrail's check."""
+    from engine import io, parallel
+
+    if not spec.disable_guardrail or not parallel.is_main():
+        return None
+    return io.VideoStream(path, spec.fps)
+
+
 def write_result(spec: GenerationSpec, result, path: Path, ev: events.Emitter, timings: dict | None = None,
-                 extra: dict | None = None, refined: list | None = None, phase_fields: dict | None = None) -> list[str]:
+                 extra: dict | None = None, refined: list | None = None, phase_fields: dict | None = None,
+                 stream=None) -> list[str]:
     """The mp4, the prompt .txt and the spec/seed/timings .json, each announced as an `output` event.
     `refined`: long video's refined prompt per chunk, one .txt section each, instead of result's one.
-    `phase_fields`: which chunk / generation this write belongs to, for its `writing` phase event."""
+    `phase_fields`: which chunk / generation this write belongs to, for its `writing` phase event.
+    `stream`: the VideoStream that took result's frames as they decoded; closing it finishes the mp4."""
     from engine import io
     from engine.phases import key_fields, phase
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fps = spec.fps
     with phase(ev, "writing", key_fields(spec), frames=int(result.video.shape[1]), **(phase_fields or {})):
-        io.write_video(path, result.video, fps)
+        if stream is not None:
+            try:
+                stream.close()
+            except BaseException:
+                stream.abort()
+                raise
+        else:
+            io.write_video(path, result.video, fps)
         txt = io.write_prompt_sidecar(path, result.prompt, result.negative_prompt,
                                      refined if refined is not None else result.refined_prompt)
         js = io.write_job_record(path, spec, result.seed, timings or result.timings,
