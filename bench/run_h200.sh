@@ -49,3 +49,8 @@ if [ "$part" = G ]; then
 fi
 # H: 10 fps end to end, short form
 [ "$part" = H ] && run 200 h200_e2e_2b_10fps bench/bench_e2e.py --model_size 2B --fps 10 --ours_steps 6 --peer_steps 3
+# I: parking the generator for best-of-N's critic, .to(cpu)/.to(gpu) against HostParking's reused page-locked buffer
+if [ "$part" = I ]; then
+    run 240 h200_park_14b bench/bench_park.py --model_size 14B
+    run 120 h200_park_2b bench/bench_park.py --model_size 2B
+fi
