@@ -112,17 +112,29 @@ def test_best_of_n_phases_carry_generation_and_critic_trials(tmp_path):
 
 
 def test_a_parked_generator_coming_back_is_a_loading_phase(tmp_path):
-    from engine.pipeline import get_pipeline
+    from engine import memory
+    from engine.pipeline import Video2WorldPipeline
+    from engine.spec import BuildConfig
 
     spec = tiny_spec(tmp_path, num_steps=1, save_path=str(tmp_path / "back.mp4"))
-    pipe = get_pipeline(spec)
-    pipe._offloaded = True  # as best-of-N leaves it on a GPU (a CPU pipeline parks nothing by itself)
+    # a pipeline of its own, not the process's warm one (get_pipeline): a parked state left behind by a
+    # failure here must not reach other tests on this worker
+    pipe = Video2WorldPipeline(BuildConfig.from_spec(spec))
+    pipe.load()
+    # as best-of-N leaves it on a GPU: a CPU pipeline parks nothing by itself, so park its CPU tensors here
+    # (a `select` that takes every tensor, as tests/test_memory.py does)
+    pipe._parking = memory.HostParking(select=lambda t: True)
+    for part in (pipe.dit, pipe.vae, pipe.text_encoder):
+        if part is not None:
+            pipe._parking.park(part)
+    pipe._offloaded = True
     evs: list[dict] = []
     pipe.set_emit(evs.append)
     pipe.generate(spec)
     check_pairs(evs)
     assert [(e["phase"], e.get("component")) for e in ends(evs)][0] == ("loading", "generator")
     assert eta.samples(ends(evs)[0])[0][0] == "onload"
+    assert not pipe._offloaded
 
 
 def test_benchmark_runs_are_phases_of_their_run(tmp_path):
