@@ -33,6 +33,9 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=93)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--json", default=None)
+    p.add_argument("--mp4", action="store_true",
+                   help="also time decode + mp4 as the pipeline runs them: the mp4 written after the decode, "
+                        "and encoded while it decodes (engine.io.VideoStream), alternating, wall clock")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -68,6 +71,8 @@ def main(argv=None):
             peak = gib(torch.cuda.max_memory_allocated()) if device.type == "cuda" else float("nan")
             rows.append({"variant": variant, "what": what, "seconds": round(s, 4), "peak_gib": round(peak, 2)})
             print(json.dumps(rows[-1]), flush=True)
+    if args.mp4:  # in the layout the pipeline decodes with (the last variant's)
+        rows += decode_and_write(vae, latent, device, args.reps)
     torch.backends.cudnn.benchmark = False
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -78,6 +83,47 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+def decode_and_write(vae, latent, device, reps: int) -> list[dict]:
+    """Wall-clock seconds of decode + host copy + mp4 (16 fps), the two ways, alternated so that neither
+    gets a warmer machine; the first pair is a warm-up (ffmpeg's start, cuDNN's autotuning)."""
+    import statistics
+    import tempfile
+    import time
+
+    from engine import io
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def after(path):
+        video = vae.decode(latent).float()[0].cpu()
+        io.write_video(path, video, 16)
+
+    def streamed(path):
+        with io.VideoStream(path, 16) as stream:
+            video = vae.decode(latent, on_frames=lambda c: stream.feed(c[0].float())).float()[0].cpu()
+            stream.close()
+        return video
+
+    times: dict[str, list[float]] = {"decode, then mp4": [], "decode with the mp4 streamed": []}
+    with tempfile.TemporaryDirectory() as d, torch.inference_mode():
+        for rep in range(reps + 1):
+            for name, fn in zip(times, (after, streamed)):
+                sync()
+                t0 = time.perf_counter()
+                fn(Path(d) / f"{rep}.mp4")
+                sync()
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, ts in times.items():
+        rows.append({"variant": "pipeline layout, wall clock", "what": name,
+                     "seconds": round(statistics.median(ts), 4), "peak_gib": float("nan")})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -54,3 +54,12 @@ if [ "$part" = I ]; then
     run 240 h200_park_14b bench/bench_park.py --model_size 14B
     run 120 h200_park_2b bench/bench_park.py --model_size 2B
 fi
+# J (2026-12-03, third session; not yet run): what changed after part G/F ran, end to end. The default NATTEN
+# implementation is now auto (flex with fa4's kernel where it applies), an offloaded T5 visits the GPU as a copy,
+# the VAE decodes channels-last, and with the guardrail off the mp4 is encoded during the decode. Needs fa4
+# (.dev1 then .dev2, bench/DEVICE.md). The VAE row first: the stream's own gain, cheaply.
+if [ "$part" = J ]; then
+    run 90 h200_vae_mp4 bench/bench_vae.py --reps 2 --mp4
+    run 200 h200_e2e_2b_natten_v3 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --peer none
+    run 170 h200_e2e_14b_natten_v2 bench/bench_e2e.py --model_size 14B --fps 16 --natten --offload_text_encoder --ours_steps 3 --peer none
+fi

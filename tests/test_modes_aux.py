@@ -26,13 +26,21 @@ def tiny(tmp_path, **kw):
     return tiny_spec(tmp_path, num_steps=1, input_name="cup.png", **kw)
 
 
-def test_best_of_n_writes_candidates_reports_and_ranking(tmp_path):
+def test_best_of_n_writes_candidates_reports_and_ranking(tmp_path, monkeypatch):
     out = tmp_path / "bon"
     spec = tiny(tmp_path, mode="bestofn", num_generations=2, num_critic_trials=3, save_path=str(out))
     evs: list[dict] = []
+    # guardrail off: each candidate's mp4 is encoded while it decodes, fed as the VAE's clips (1 frame, then
+    # 4 at a time); a video written after its decode would be fed whole, once
+    clips: dict[str, list[int]] = {}
+    real_feed = io.VideoStream.feed
+    monkeypatch.setattr(io.VideoStream, "feed",
+                        lambda self, clip: clips.setdefault(self.path.name, []).append(clip.shape[1]) or real_feed(self, clip))
     outputs = run_job(spec, emit=evs.append)
     videos = sorted(out.glob("*.mp4"))
     assert [v.name for v in videos] == ["cup_seed0.mp4", "cup_seed1.mp4"]
+    assert sorted(clips) == ["cup_seed0.mp4", "cup_seed1.mp4"]
+    assert all(c[:2] == [1, 4] for c in clips.values()), clips
     assert all((out / f"cup_seed{s}.txt").exists() for s in (0, 1))
     reports = sorted(out.glob("*_score*.json"))
     assert len(reports) == 2 and len(sorted(out.glob("*_score*.html"))) == 2

@@ -20,7 +20,7 @@ def candidate_path(spec: GenerationSpec, seed: int) -> Path:
 def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) -> list[str]:
     from engine import critic, parallel
     from engine.modes import pipeline_for
-    from engine.modes.video2world import write_result
+    from engine.modes.video2world import generate_into, write_result
 
     if spec.skip_generation and not parallel.is_main():
         return []  # scoring needs no DiT: rank 0 does it alone
@@ -47,12 +47,13 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         videos = []
         for g in range(spec.num_generations):
             seed = spec.seed + g
-            result = pipe.generate(spec, spec.input_path, seed=seed, cancel=cancel,
-                                   step_fields={"generation": g + 1, "num_generations": spec.num_generations})
             path = candidate_path(spec, seed)
+            result, stream = generate_into(
+                pipe, spec, path, input_path=spec.input_path, seed=seed, cancel=cancel,
+                step_fields={"generation": g + 1, "num_generations": spec.num_generations})
             if not parallel.is_main():
                 continue  # rank 0 writes and scores
-            outputs += write_result(spec, result, path, ev,
+            outputs += write_result(spec, result, path, ev, stream=stream,
                                     phase_fields={"generation": g + 1, "num_generations": spec.num_generations})
             videos.append(path)
             ev("generation", generation=g + 1, total=spec.num_generations, seed=seed, path=str(path))

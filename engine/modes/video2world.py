@@ -20,18 +20,12 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
     runs = BENCHMARK_RUNS if spec.benchmark else 1
     times = []
     result = None
-    stream = None
     for r in range(runs):
         t0 = time.perf_counter()
         # only the run that makes the file streams it, so --benchmark's timed runs stay generation alone
-        stream = open_stream(spec, Path(spec.save_path)) if r == runs - 1 and not spec.benchmark else None
-        try:
-            result = pipe.generate(spec, spec.input_path, seed=spec.seed, cancel=cancel, video_stream=stream,
-                                   step_fields={"run": r + 1, "runs": runs} if spec.benchmark else None)
-        except BaseException:
-            if stream is not None:
-                stream.abort()
-            raise
+        result, stream = generate_into(pipe, spec, Path(spec.save_path), stream_ok=not spec.benchmark,
+                                       input_path=spec.input_path, seed=spec.seed, cancel=cancel,
+                                       step_fields={"run": r + 1, "runs": runs} if spec.benchmark else None)
         times.append(time.perf_counter() - t0)
         if spec.benchmark:
             ev.log(f"benchmark run {r + 1}/{runs}: {times[-1]:.2f}s" + (" (warm-up)" if r == 0 else ""))
@@ -45,6 +39,18 @@ def run(spec: GenerationSpec, ev: events.Emitter, pipeline=None, cancel=None) ->
         ev.log(f"benchmark: mean of {len(timed)} timed runs {timings['benchmark_mean_s']:.2f}s")
     return write_result(spec, result, Path(spec.save_path), ev, timings, stream=stream,
                         phase_fields={"run": runs, "runs": runs} if spec.benchmark else None)
+
+
+def generate_into(pipe, spec: GenerationSpec, path: Path, stream_ok: bool = True, **generate_kw):
+    """`pipe.generate(spec, **generate_kw)` whose video is bound for `path`: encoded while it decodes where
+    open_stream allows (and `stream_ok`). Returns (result, stream or None), for write_result."""
+    stream = open_stream(spec, path) if stream_ok else None
+    try:
+        return pipe.generate(spec, video_stream=stream, **generate_kw), stream
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
 
 
 def open_stream(spec: GenerationSpec, path: Path):
