@@ -17,10 +17,13 @@ from typing import List, Optional
 import typer
 
 from cosmos_tui.client import Client, DaemonError, DaemonNotRunning, start_daemon
+from cosmos_tui.queue.state import JobState
 
+# "\b" alone on a line: click prints the paragraph after it as written, not rewrapped into one block
 EXAMPLES = """
 Examples:
 
+\b
   cosmos-tui                                   open the workstation (TUI)
   cosmos-tui demo                              queue a tiny CPU job and open the TUI
   cosmos-tui submit tiny-cpu --set prompt="a red kite over the sea" --set seed=3
@@ -208,7 +211,7 @@ def root(ctx: typer.Context) -> None:
 @friendly
 def submit(
     ctx: typer.Context,
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec field: --set prompt=\"...\" --set seed=3"),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a spec field: --set prompt=\"...\" --set seed=3"),
     batch: Optional[Path] = typer.Option(None, "--batch", help="Batch JSON: a list of {input_video, prompt, output_video}; one job each."),
     priority: int = typer.Option(0, help="Higher goes ahead of lower in the queue."),
     after: Optional[int] = typer.Option(None, "--after", metavar="ID", help="Run only once job ID is done (fail if it fails)."),
@@ -220,9 +223,10 @@ def submit(
     too, exactly as `python -m engine.video2world --help` lists them; they override the preset,
     and --set overrides both.
 
-    Examples: cosmos-tui submit tiny-cpu --set prompt="a red kite" --set seed=3
-
-              cosmos-tui submit --model_size 2B --input_path x.jpg --prompt "a red kite" --num_gpus 1
+    \b
+    Examples:
+      cosmos-tui submit tiny-cpu --set prompt="a red kite" --set seed=3
+      cosmos-tui submit --model_size 2B --input_path x.jpg --prompt "a red kite" --num_gpus 1
     """
     preset, seed_flags = seed_flag_overrides(ctx.args)
     from cosmos_tui.queue.resolve import batch_entry_problem
@@ -282,7 +286,7 @@ def _eta(seconds) -> str:
 @app.command("ls")
 @friendly
 def ls_(
-    state: List[str] = typer.Option([], "--state", help="Only jobs in these states (repeatable)."),
+    state: List[str] = typer.Option([], "--state", metavar="STATE", help="Only jobs in these states (repeatable): " + ", ".join(s.value for s in JobState) + "."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable: the job dicts as a JSON list."),
 ) -> None:
     """List jobs: the queue in order, then the rest newest first."""
@@ -441,7 +445,7 @@ def move(
     job_id: int = typer.Argument(..., metavar="ID"),
     up: bool = typer.Option(False, "--up", help="One place sooner."),
     down: bool = typer.Option(False, "--down", help="One place later."),
-    to: Optional[int] = typer.Option(None, "--to", help="To this place (1 = next to run)."),
+    to: Optional[int] = typer.Option(None, "--to", metavar="N", help="To this place (1 = next to run)."),
 ) -> None:
     """Reorder a queued job: --up, --down or --to N."""
     if sum([up, down, to is not None]) != 1:
@@ -472,11 +476,13 @@ def clean(failed_only: bool = typer.Option(False, "--failed-only", help="Only fa
 @friendly
 def edit(
     job_id: int = typer.Argument(..., metavar="ID"),
-    set_: List[str] = typer.Option([], "--set", "-s", help="A spec field to change: --set seed=4 --set prompt=\"...\""),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="A spec field to change: --set seed=4 --set prompt=\"...\""),
 ) -> None:
     """Change a queued (or held) job's spec; checked like a submit.
 
-    Example: cosmos-tui edit 12 --set num_steps=20 --set offload_text_encoder=false
+    \b
+    Example:
+      cosmos-tui edit 12 --set num_steps=20 --set offload_text_encoder=false
     """
     changes = parse_sets(set_)
     if not changes:
@@ -555,7 +561,7 @@ def _resolve_local(preset: Optional[str], overrides: dict):
 @friendly
 def run(
     preset: Optional[str] = typer.Argument(None, help="Preset name or .toml path."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec field, e.g. --set num_steps=2"),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a spec field, e.g. --set num_steps=2"),
 ) -> None:
     """Run one job here, in the foreground, without the daemon (Ctrl-C stops it)."""
     import threading
@@ -627,13 +633,15 @@ def presets_show(name: str = typer.Argument(..., help="Preset name or .toml path
 @friendly
 def presets_new(
     name: str = typer.Argument(..., help="The new preset's name."),
-    base: Optional[str] = typer.Option(None, "--from", help="Start from this preset."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Fields to change, e.g. --set fps=10"),
-    description: str = typer.Option("", "--description", "-d"),
+    base: Optional[str] = typer.Option(None, "--from", metavar="PRESET", help="Start from this preset."),
+    set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Fields to change, e.g. --set fps=10"),
+    description: str = typer.Option("", "--description", "-d", metavar="TEXT", help="One line shown by `presets list`."),
 ) -> None:
     """Save a user preset: a base preset plus --set changes.
 
-    Example: cosmos-tui presets new my-480 --from 2b-720p16 --set resolution=480 --set fps=10
+    \b
+    Example:
+      cosmos-tui presets new my-480 --from 2b-720p16 --set resolution=480 --set fps=10
     """
     presets = _presets()
     spec = _resolve_local(base, parse_sets(set_))

@@ -32,6 +32,23 @@ def test_help_has_examples():
     assert "--batch" in cli("submit", "--help").output
 
 
+@pytest.mark.parametrize("args", [(), ("submit",), ("edit",), ("presets", "new")])
+def test_help_examples_are_printed_as_written_one_per_line(args):
+    # click rewraps a help paragraph into one block unless it starts with "\b": the examples must keep
+    # their lines, so that each can be copied as a whole command
+    from cosmos_tui import cli as cli_module
+
+    out = cli(*args, "--help").output
+    doc = cli_module.EXAMPLES if not args else {
+        ("submit",): cli_module.submit, ("edit",): cli_module.edit, ("presets", "new"): cli_module.presets_new,
+    }[args].__doc__
+    examples = [ln.strip() for ln in doc.splitlines() if ln.strip().startswith("cosmos-tui ")]
+    assert examples
+    shown = {ln.strip() for ln in out.splitlines()}
+    assert [e for e in examples if e not in shown] == []
+    assert "<list[str]>" not in out  # metavars say what to type
+
+
 def test_submit_ls_show_logs(daemon, tmp_path, wait_until):
     out = tmp_path / "cli.mp4"
     res = cli("submit", "tiny-cpu", "--set", "prompt=a kite", "--set", f"save_path={out}", "--set", "seed=3", "--json")
