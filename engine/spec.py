@@ -116,6 +116,13 @@ class GenerationSpec(BaseModel):
     slurm_gpus_per_node: int = Field(1, ge=0, le=64)
     slurm_time_limit: str = "4:00:00"
 
+    @field_validator("input_path", "save_path", "dit_path", "batch_input_json", "checkpoint_dir", mode="before")
+    @classmethod
+    def _home(cls, v):
+        # "~/clips/out.mp4" from a preset or a quoted --set reaches us unexpanded; open() would make a
+        # directory named "~" in the working directory, while the queue's submit checks looked in $HOME
+        return os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v
+
     @field_validator("save_path")
     @classmethod
     def _video_suffix(cls, v: str, info: ValidationInfo) -> str:

@@ -101,6 +101,15 @@ def test_memory_keeps_the_peak_and_outputs_are_listed():
     assert apply(RUNNING, {"event": "log", "message": "hi"}) == Decision()
 
 
+def test_relative_outputs_are_stored_under_the_directory_the_job_was_submitted_from():
+    # the engine runs in the job's cwd and names files as the spec gave them; `show` and Play run elsewhere
+    job = {**RUNNING, "cwd": "/home/u/proj"}
+    assert apply(job, {"event": "output", "path": "output/a.mp4", "kind": "spec"}).outputs == (
+        ("/home/u/proj/output/a.mp4", "spec"),)
+    assert apply(job, {"event": "finished", "outputs": ["out/../b.mp4", "/abs/c.mp4"]}).outputs == (
+        ("/home/u/proj/b.mp4", "video"), ("/abs/c.mp4", "video"))
+
+
 def test_finished_makes_the_job_done_and_frees_the_engine():
     d = apply(RUNNING, {"event": "finished", "t": 9.0, "outputs": ["/o/a.mp4"]})
     assert d.state == "done" and d.state_columns == {"finished": 9.0} and d.frees_engine

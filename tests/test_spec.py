@@ -63,3 +63,13 @@ def test_build_config_lists_every_build_time_field_and_only_those():
         assert build_key(base) != build_key(base.model_copy(update={name: value})), name
     assert BuildConfig.from_spec({"model_size": "tiny", "prompt": "p"}) == BuildConfig.from_spec(base)
     assert build_key(BuildConfig.from_spec(base)) == build_key(base)
+
+
+def test_paths_from_home_are_expanded_as_a_shell_would(monkeypatch, tmp_path):
+    # a preset's "~/clips/a.mp4" is not expanded by any shell; the engine must not write into "./~/clips"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = spec_from_dict({"save_path": "~/clips/a", "input_path": "~/in.png", "dit_path": "~/dit.pt",
+                        "checkpoint_dir": "~", "batch_input_json": "~/b.json"})
+    assert s.save_path == f"{tmp_path}/clips/a.mp4" and s.input_path == f"{tmp_path}/in.png"
+    assert (s.dit_path, s.checkpoint_dir, s.batch_input_json) == (f"{tmp_path}/dit.pt", str(tmp_path), f"{tmp_path}/b.json")
+    assert spec_from_dict({"save_path": "a~b/x.mp4"}).save_path == "a~b/x.mp4"  # only a leading ~ is home

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cosmos_tui.queue.eta import phase_columns, started_columns
+from cosmos_tui.queue.resolve import resolved_path
 
 def model_key(spec: dict) -> tuple:
     """Can a warm engine that ran one job take another? Only when their keys are equal. The one
@@ -162,6 +163,13 @@ class Decision:
 IGNORE = Decision(record=False)
 
 
+def _output_path(job: dict, path) -> str:
+    # the engine names its files relative to the directory the job was submitted from (it runs there);
+    # stored as written, `show`, the TUI's `m` Play and the notification hook would look for them
+    # wherever they themselves run
+    return resolved_path(job.get("cwd"), str(path))
+
+
 def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
     """The decision for engine event `ev` (engine/events.py) of `job` (its current columns:
     sec_per_step, peak_mem). `cancelling`: the daemon is killing this job's engine, so the kill,
@@ -195,12 +203,12 @@ def apply(job: dict, ev: dict, cancelling: bool = False) -> Decision:
             return Decision(columns={"peak_mem": max(int(peak), job.get("peak_mem") or 0)})
         return Decision()
     if kind == "output":
-        return Decision(outputs=((str(ev["path"]), ev.get("kind") or "video"),) if ev.get("path") else ())
+        return Decision(outputs=((_output_path(job, ev["path"]), ev.get("kind") or "video"),) if ev.get("path") else ())
     if kind == "critic":
         return Decision(critic=True)
     if kind == "finished":
         return Decision(state="done", state_columns={"finished": t}, frees_engine=True,
-                        outputs=tuple((str(p), "video") for p in ev.get("outputs") or []))
+                        outputs=tuple((_output_path(job, p), "video") for p in ev.get("outputs") or []))
     if kind == "failed":
         reason = ev.get("reason") or "crash"
         if reason == "cancelled":
