@@ -99,13 +99,15 @@ def check_inputs(spec: dict, cwd: str | None, source: str = "") -> None:
     if spec.get("batch_input_json") or spec.get("skip_generation"):
         return  # the engine reads its inputs from the batch file, or generates nothing
     given = spec.get("input_path") or ""
-    if given == DEMO_INPUT_PATH:
-        return  # drawn on first use (engine.io.ensure_demo_input)
     path = _under(cwd, given)
     try:
         kind = input_kind(given)
     except InputError as err:
         raise SubmitError(f"{source}{err}") from None
+    frames = spec.get("num_conditional_frames", 1)
+    if given == DEMO_INPUT_PATH:  # an image drawn on first use (engine.io.ensure_demo_input): not on disk yet
+        _image_frames(frames, kind, given, source)
+        return
     if not os.path.isfile(path):
         raise SubmitError(f"{source}input_path: {given!r} does not exist (looked in {os.path.dirname(path)}); "
                           f"give the path of an image or .mp4 video")
@@ -115,10 +117,7 @@ def check_inputs(spec: dict, cwd: str | None, source: str = "") -> None:
     except OSError as err:
         raise SubmitError(f"{source}input_path: {given!r} cannot be read ({err.strerror}); fix its permissions "
                           f"or give another file") from None
-    frames = spec.get("num_conditional_frames", 1)
-    if frames > 1 and kind == "image":
-        raise SubmitError(f"{source}num_conditional_frames: {frames} frames were asked for but input_path "
-                          f"{given!r} is an image (1 frame); set num_conditional_frames=1 or give an .mp4")
+    _image_frames(frames, kind, given, source)
     if frames > 1 and kind == "video":
         from engine.io import probe_video
 
@@ -129,6 +128,12 @@ def check_inputs(spec: dict, cwd: str | None, source: str = "") -> None:
         if count < frames:
             raise SubmitError(f"{source}num_conditional_frames: {frames} frames were asked for but input_path "
                               f"{given!r} has {count}; set num_conditional_frames=1 or give a longer video")
+
+
+def _image_frames(frames: int, kind: str, given: str, source: str) -> None:
+    if frames > 1 and kind == "image":
+        raise SubmitError(f"{source}num_conditional_frames: {frames} frames were asked for but input_path "
+                          f"{given!r} is an image (1 frame); set num_conditional_frames=1 or give an .mp4")
 
 
 def check_save_path(spec: dict, cwd: str | None, claimed: set[str], source: str = "") -> None:
