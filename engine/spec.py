@@ -7,6 +7,7 @@ cause names the field and the fix. Torch-free on purpose: the TUI and the daemon
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import asdict, dataclass, fields as dataclass_fields
@@ -292,7 +293,8 @@ def format_validation_error(err: ValidationError, source: str = "") -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             known = ", ".join(sorted(GenerationSpec.model_fields))
-            msg = f"unknown key; known keys are: {known}"
+            close = difflib.get_close_matches(field, GenerationSpec.model_fields, n=1)
+            msg = (f"unknown key; did you mean {close[0]}? " if close else "unknown key; ") + f"known keys are: {known}"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         prefix = f"{source}: " if source else ""

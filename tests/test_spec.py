@@ -14,7 +14,10 @@ def test_defaults_are_the_seeds():
 def test_unknown_key_is_rejected_by_name():
     with pytest.raises(SpecError) as e:
         spec_from_dict({"promt": "x"}, source="my.toml")
-    assert "my.toml: promt: unknown key" in str(e.value)
+    assert "my.toml: promt: unknown key; did you mean prompt?" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"zzzz": 1})
+    assert "zzzz: unknown key; known keys are: aspect_ratio," in str(e.value)  # no guess when nothing is close
 
 
 def test_unknown_aspect_ratio_names_field_and_choices():
