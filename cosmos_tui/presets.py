@@ -117,6 +117,9 @@ def _parse_file(path: Path) -> Preset:
         raise PresetError(f"{path}: no such preset file") from None
     except OSError as err:
         raise PresetError(f"{where}: could not be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:  # TOML is UTF-8 by definition; a stray file must not take the list down
+        raise PresetError(f"{where}: is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                          f"save it as UTF-8") from None
     try:
         data = tomlkit.parse(text).unwrap()
     except ParseError as err:

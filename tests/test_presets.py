@@ -141,6 +141,17 @@ def test_broken_user_file_is_listed_with_its_error(config):
     assert listed["2b-720p16"].error is None
 
 
+def test_a_user_file_that_is_not_utf8_is_listed_broken_not_fatal(config):
+    # `presets list` (and the TUI's presets screen) died on UnicodeDecodeError for one stray file
+    (config / "presets").mkdir(parents=True, exist_ok=True)
+    (config / "presets" / "latin.toml").write_bytes(b'description = "caf\xe9"\n')
+    listed = {p.name: p for p in presets.list_presets()}
+    assert listed["latin"].spec is None
+    assert listed["latin"].error == "latin.toml: is not UTF-8 text (byte 0xe9 at offset 18); save it as UTF-8"
+    with pytest.raises(presets.PresetError, match="latin.toml: is not UTF-8"):
+        presets.load_preset("latin")
+
+
 def test_presets_dir_override(tmp_path, monkeypatch):
     d = tmp_path / "elsewhere"
     _write(d / "only.toml", 'name = "only"\ndescription = "d"\n[spec]\nseed = 1\n')
