@@ -169,9 +169,12 @@ def batch_items(path: Path) -> list[dict]:
     """Spec overrides per entry of a batch file: the seed's format ({input_video, prompt,
     output_video}) or spec field names."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise typer.BadParameter(f"{path}: {err.strerror}", param_hint="--batch") from None
+    except UnicodeDecodeError as err:
+        raise typer.BadParameter(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                                 f"{err.start}); save it as UTF-8", param_hint="--batch") from None
     except ValueError as err:
         raise typer.BadParameter(f"{path} is not valid JSON ({err})", param_hint="--batch") from None
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
@@ -623,7 +626,7 @@ def presets_show(name: str = typer.Argument(..., help="Preset name or .toml path
     """Print a preset's file and the full spec it gives."""
     p = _presets().load_preset(name)
     typer.echo(f"# {p.path} ({p.source})")
-    typer.echo(Path(p.path).read_text().rstrip())
+    typer.echo(Path(p.path).read_text(encoding="utf-8").rstrip())
     if p.spec is not None:
         typer.echo("\n# resolved spec")
         typer.echo(json.dumps(p.spec.model_dump(mode="json"), indent=2))

@@ -250,6 +250,9 @@ def load_batch(path: str) -> list:
         raise BatchError(f"batch_input_json: {path!r} does not exist; give the path of a JSON file") from None
     except OSError as err:
         raise BatchError(f"batch_input_json: {path!r} could not be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:  # JSON is UTF-8; a Latin-1 file would otherwise end in a traceback
+        raise BatchError(f"batch_input_json: {path!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start}); save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -265,3 +265,14 @@ def test_remove_clean_and_edit(daemon, tmp_path, wait_until):
     assert cli("remove", b).output.strip() == f"removed job(s) {b}"
     assert cli("clean").output.strip() == f"removed job(s) {a}"
     assert daemon.jobs() == [] and (tmp_path / "a.mp4").is_file()  # the video stays
+
+
+def test_a_batch_file_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
+    import typer
+
+    from cosmos_tui.cli import batch_items
+
+    batch = tmp_path / "b.json"
+    batch.write_bytes(b'[{"prompt": "caf\xe9"}]')
+    with pytest.raises(typer.BadParameter, match=r"b.json is not UTF-8 text \(byte 0xe9 at offset 16\)"):
+        batch_items(batch)

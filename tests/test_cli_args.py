@@ -249,10 +249,13 @@ def test_good_batch_exits_0(tmp_path, image, fake_run_job):
     ('{"input_video": "a.png", "prompt": "p"}', "not a list"),
     ("[{", "not valid JSON"),
     (None, "does not exist"),
+    (b'[{"input_video": "a.png", "prompt": "caf\xe9"}]', "is not UTF-8 text (byte 0xe9 at offset 40)"),
 ])
 def test_bad_batch_file_is_one_line_exit_2(tmp_path, content, needle):
     batch = tmp_path / "jobs.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        batch.write_bytes(content)
+    elif content is not None:
         batch.write_text(content)
     out = _cli("engine.video2world", "--batch_input_json", str(batch))
     assert needle in _one_line_error(out, "batch_input_json")
