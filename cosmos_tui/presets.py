@@ -94,6 +94,11 @@ def preset_paths() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def _printable(name: str) -> str:
+    # a file name's undecodable bytes arrive as lone surrogates, which no terminal or JSON encoder takes
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _source(path: Path) -> str:
     try:
         path.resolve().relative_to(user_preset_dir().resolve())
@@ -110,7 +115,9 @@ def _parse_file(path: Path) -> Preset:
     import tomlkit
     from tomlkit.exceptions import ParseError
 
-    where = path.name
+    where = _printable(path.name)
+    if where != path.name:  # undecodable bytes in the name (surrogate escapes): never a name to submit by
+        raise PresetError(f"{where}: the file name is not UTF-8; rename the file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -168,7 +175,8 @@ def list_presets() -> list[Preset]:
         try:
             out.append(_parse_file(path))
         except PresetError as err:
-            out.append(Preset(name=name, description="", path=path, source=_source(path), spec=None, error=str(err)))
+            out.append(Preset(name=_printable(name), description="", path=path, source=_source(path), spec=None,
+                              error=str(err)))
     return out
 
 

@@ -1,5 +1,6 @@
 """cosmos_tui/presets.py: shipped presets validate, bad files are named, user presets shadow shipped ones."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,16 @@ def test_a_user_file_that_is_not_utf8_is_listed_broken_not_fatal(config):
     assert listed["latin"].error == "latin.toml: is not UTF-8 text (byte 0xe9 at offset 18); save it as UTF-8"
     with pytest.raises(presets.PresetError, match="latin.toml: is not UTF-8"):
         presets.load_preset("latin")
+
+
+def test_a_user_file_whose_name_is_not_utf8_is_listed_broken_under_a_printable_name(config):
+    d = config / "presets"
+    d.mkdir(parents=True, exist_ok=True)
+    open(os.fsencode(d) + b"/caf\xe9.toml", "wb").close()  # a Latin-1 name
+    (broken,) = [p for p in presets.list_presets() if p.source == "user"]
+    assert broken.name == "caf\ufffd" and broken.spec is None
+    assert broken.error == "caf\ufffd.toml: the file name is not UTF-8; rename the file"
+    broken.name.encode("utf-8")  # printable, and JSON-safe for the daemon
 
 
 def test_presets_dir_override(tmp_path, monkeypatch):
