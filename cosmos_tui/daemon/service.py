@@ -32,7 +32,10 @@ class Daemon:
         self.home = paths.home()
         self.store = store
         self.gpu = gpu or gpu_backend()
-        self.gpu_count = len(self.gpu.list())
+        gpus = self.gpu.list()
+        self.gpu_count = len(gpus)
+        # total memory per GPU (None without NVML), for the submit check that a job's weights can fit
+        self.gpu_totals = [g.get("mem_total") for g in gpus]
         self.engines: list[Engine] = []
         self.wake = asyncio.Event()
         self.stopped = asyncio.Event()

@@ -136,6 +136,26 @@ def _image_frames(frames: int, kind: str, given: str, source: str) -> None:
                           f"{given!r} is an image (1 frame); set num_conditional_frames=1 or give an .mp4")
 
 
+def check_gpu_memory(spec: dict, gpu_totals: list, source: str = "") -> None:
+    """Refuse a job whose model weights alone cannot fit the GPUs it could get (engine/footprint.py: a
+    floor, so a refusal is certain to be right). `gpu_totals`: bytes per GPU of this machine, None where
+    unknown (no NVML: nothing is checked). A Slurm job's GPUs are the cluster's, not these."""
+    from engine.footprint import too_small
+    from engine.spec import spec_from_dict
+
+    known = [t for t in gpu_totals if isinstance(t, int) and t > 0]
+    if spec.get("executor", "local") != "local" or not known or len(known) != len(gpu_totals):
+        return
+    n = max(1, int(spec.get("num_gpus") or 1))
+    if n > len(known):
+        return  # resolve_spec refused it already
+    best = sorted(known, reverse=True)[n - 1]  # each of the job's GPUs holds the weights
+    where = "each GPU here" if len(set(known)) == 1 else ("the largest GPU here" if n == 1 else f"the {n} largest GPUs here")
+    problem = too_small(spec_from_dict(spec), best, where)
+    if problem:
+        raise SubmitError(source + problem)
+
+
 def check_save_path(spec: dict, cwd: str | None, claimed: set[str], source: str = "") -> None:
     """Refuse to overwrite a file that no job of the queue wrote (a job's own path gets a fresh
     name from the store, so a claimed path is never a stranger's file)."""

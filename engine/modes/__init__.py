@@ -50,6 +50,7 @@ def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):
 
     from engine.spec import build_key
 
+    check_fits_gpu(spec)
     if pipeline is not None:
         if pipeline.key != build_key(spec):
             raise ValueError("the pipeline passed in was built for other settings than this job's "
@@ -59,3 +60,20 @@ def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):
     pipe = get_pipeline(spec, emit=ev._emit)
     pipe.set_emit(ev._emit, ev.job)
     return pipe
+
+
+def check_fits_gpu(spec: GenerationSpec) -> None:
+    """InputError before any loading when the job's model weights alone exceed this GPU's memory
+    (engine/footprint.py): the queue checks at submit where NVML works; the seed scripts and a daemon
+    without NVML get the same sentence here instead of an out-of-memory error minutes into loading."""
+    import torch
+
+    if spec.model_size == "tiny" or not torch.cuda.is_available():
+        return
+    from engine.footprint import too_small
+    from engine.spec import InputError
+
+    dev = torch.cuda.current_device()
+    problem = too_small(spec, torch.cuda.get_device_properties(dev).total_memory, f"GPU {dev}")
+    if problem:
+        raise InputError(problem)
