@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from engine.spec import InputError
+from engine.spec import InputError, blank_for_guardrail
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Blocklist:
 
     def check(self, prompt: str) -> Verdict:
         text = _to_ascii(prompt or "")
-        if not text:
+        if blank_for_guardrail(text):  # the rule the submit check uses (engine.spec.empty_prompt_problem)
             return Verdict(False, self.name, "the prompt is empty; write what the video should show")
         for rx in self._white:
             text = rx.sub(" ", text)

@@ -204,7 +204,8 @@ class GenerationSpec(BaseModel):
         return input_kind(path or self.input_path)
 
     def check_input(self, path: str | None = None) -> None:
-        """Validate one conditioning input against this spec (existence, type, frame count rule)."""
+        """Validate one job's inputs: a prompt the guardrail will take (empty_prompt_problem), and the
+        conditioning input against this spec (existence, type, frame count rule)."""
         p = path or self.input_path
         kind = self.input_kind(p)
         if kind == "image" and self.num_conditional_frames != 1:
@@ -214,9 +215,28 @@ class GenerationSpec(BaseModel):
             )
         if not os.path.isfile(p):
             raise InputError(f"input_path: {p!r} does not exist; give the path of an image or .mp4 video")
+        problem = empty_prompt_problem(self.prompt, self.disable_guardrail)
+        if problem:
+            raise InputError(problem)
 
     def output_path(self) -> Path:
         return Path(self.save_path)
+
+
+def blank_for_guardrail(text: str) -> bool:
+    """True when the guardrail's blocklist finds no text in `text`: it reads ASCII alone, so a prompt with no
+    ASCII letter, digit or mark (blank, or in another script only) is empty to it and refused."""
+    return not any(ord(c) < 128 and not c.isspace() for c in text or "")
+
+
+def empty_prompt_problem(prompt: str, disable_guardrail: bool) -> str | None:
+    """The guardrail's empty-prompt refusal, said before the job loads anything (at submit, or when a seed
+    script starts) rather than after minutes of loading; None when the prompt passes or the guardrail is off."""
+    if disable_guardrail or not blank_for_guardrail(prompt):
+        return None
+    what = "empty" if not (prompt or "").strip() else "not English text (the guardrail and T5 read ASCII)"
+    return (f"prompt: {what}; the guardrail refuses a prompt with no English text; write what the video should "
+            f"show (--prompt \"...\" or --set prompt=\"...\"), or turn the guardrail off (disable_guardrail)")
 
 
 @dataclass(frozen=True)

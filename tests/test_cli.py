@@ -181,9 +181,9 @@ def test_a_bad_batch_entry_does_not_refuse_the_good_ones(daemon, tmp_path, monke
 def test_an_existing_output_is_refused_at_submit(daemon, tmp_path):
     daemon.pause()
     (tmp_path / "keep.mp4").write_bytes(b"precious")
-    res = cli("submit", "--set", f"save_path={tmp_path / 'keep.mp4'}", ok=False)
+    res = cli("submit", "--set", "prompt=a kite", "--set", f"save_path={tmp_path / 'keep.mp4'}", ok=False)
     assert res.exit_code == 2 and "overwrite=true" in res.output
-    cli("submit", "--set", f"save_path={tmp_path / 'keep.mp4'}", "--set", "overwrite=true")
+    cli("submit", "--set", "prompt=a kite", "--set", f"save_path={tmp_path / 'keep.mp4'}", "--set", "overwrite=true")
 
 
 def test_prompts_are_text_not_markup_or_escape_sequences(daemon):

@@ -181,7 +181,7 @@ def test_single_job_goes_to_run_job(image, fake_run_job, capsys):
 
 def test_missing_pipeline_is_one_line_exit_1(image, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "engine.modes", types.ModuleType("engine.modes"))
-    code = cli_args.main("video2world", ["--input_path", str(image)])
+    code = cli_args.main("video2world", ["--input_path", str(image), "--prompt", "a kite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "the pipeline is not available in this build" in err[0]
 
@@ -194,14 +194,14 @@ def test_run_job_input_error_exits_2_and_crash_exits_1(image, monkeypatch, capsy
         raise InputError("input_path: the video is too short; give a longer one")
 
     fake.run_job = input_error
-    assert cli_args.main("video2world", ["--input_path", str(image)]) == 2
+    assert cli_args.main("video2world", ["--input_path", str(image), "--prompt", "a kite"]) == 2
     assert "input_path: the video is too short" in capsys.readouterr().err
 
     def crash(spec, emit, **_):
         raise RuntimeError("CUDA fell over")
 
     fake.run_job = crash
-    assert cli_args.main("video2world", ["--input_path", str(image)]) == 1
+    assert cli_args.main("video2world", ["--input_path", str(image), "--prompt", "a kite"]) == 1
     assert "CUDA fell over" in capsys.readouterr().err
 
 

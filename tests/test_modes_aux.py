@@ -88,13 +88,25 @@ def test_refiner_result_or_fallback_lands_in_the_prompt_sidecar(tmp_path):
         assert "[Refined Prompt]" in text and refined in text
 
 
-def test_guardrail_blocks_an_empty_prompt_with_one_clear_message(tmp_path):
+def test_an_empty_prompt_with_the_guardrail_on_is_refused_before_loading_and_by_the_guardrail(tmp_path, monkeypatch):
+    from engine import pipeline
+
     spec = tiny(tmp_path, disable_guardrail=False, prompt="")
-    with pytest.raises(GuardrailBlocked) as err:
+    real_get = pipeline.get_pipeline
+    # the job fails when it starts, in one line, before any model loads (minutes on a real checkpoint)
+    monkeypatch.setattr(pipeline, "get_pipeline", lambda *a, **k: pytest.fail("loading started"))
+    with pytest.raises(InputError, match=r"^prompt: empty; the guardrail refuses a prompt with no English text; "):
         run_job(spec)
+    with pytest.raises(InputError, match=r"^prompt: not English text \(the guardrail and T5 read ASCII\); "):
+        run_job(tiny(tmp_path, disable_guardrail=False, prompt="  \u05e2\u05d1\u05e8\u05d9\u05ea \u2014 "))
+    # and the guardrail's own check, for a caller that skips that one
+    with pytest.raises(GuardrailBlocked) as err:
+        real_get(spec).generate(spec)
     msg = str(err.value)
     assert "\n" not in msg and "prompt" in msg and "guardrail" in msg.lower()
     assert not Path(spec.save_path).exists()
+    run_job(tiny(tmp_path, disable_guardrail=True, prompt="", save_path=str(tmp_path / "off.mp4")),
+            pipeline=real_get(tiny(tmp_path)))  # the guardrail off: an empty prompt is the user's call
 
 
 def test_guardrail_on_lets_a_safe_prompt_through_and_checks_the_video(tmp_path):

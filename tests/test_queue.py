@@ -54,14 +54,18 @@ def test_inputs_are_checked_at_submit(tmp_path):
     with pytest.raises(SubmitError, match="input_path: 'nope.jpg' does not exist"):
         check_inputs(resolve_spec({"input_path": "nope.jpg"}, None, 1), str(tmp_path))
     (tmp_path / "in.jpg").write_bytes(b"jpeg")
-    check_inputs(resolve_spec({"input_path": "in.jpg"}, None, 1), str(tmp_path))
+    check_inputs(resolve_spec({"input_path": "in.jpg", "prompt": "a kite"}, None, 1), str(tmp_path))
+    # the guardrail (on by default) refuses an empty prompt when the job runs: said at submit instead
+    with pytest.raises(SubmitError, match=r"^prompt: empty; the guardrail refuses"):
+        check_inputs(resolve_spec({"input_path": "in.jpg"}, None, 1), str(tmp_path))
+    check_inputs(resolve_spec({"input_path": "in.jpg", "disable_guardrail": True}, None, 1), str(tmp_path))
     with pytest.raises(SubmitError, match="num_conditional_frames: 5 frames .* is an image"):
         check_inputs(resolve_spec({"input_path": "in.jpg", "num_conditional_frames": 5}, None, 1), str(tmp_path))
     # the demo image is drawn when a job first needs it, so it is not on disk to look at: still an image
     # (the tiny-cpu preset with num_conditional_frames=5 was queued, then failed when it ran)
     from engine.io import DEMO_INPUT_PATH
 
-    check_inputs(resolve_spec({"input_path": DEMO_INPUT_PATH}, None, 1), str(tmp_path))
+    check_inputs(resolve_spec({"input_path": DEMO_INPUT_PATH, "prompt": "a kite"}, None, 1), str(tmp_path))
     with pytest.raises(SubmitError, match="num_conditional_frames: 5 frames .* is an image"):
         check_inputs(resolve_spec({"input_path": DEMO_INPUT_PATH, "num_conditional_frames": 5}, None, 1), str(tmp_path))
     (tmp_path / "secret.jpg").write_bytes(b"jpeg")

@@ -92,12 +92,22 @@ def _under(cwd: str | None, path: str) -> str:
 
 
 def check_inputs(spec: dict, cwd: str | None, source: str = "") -> None:
-    """The conditioning input exists, is readable and has the frames the spec asks for."""
-    from engine.io import DEMO_INPUT_PATH
-    from engine.spec import InputError, input_kind
+    """The conditioning input exists, is readable and has the frames the spec asks for; then the prompt is
+    one the guardrail takes (a missing file is the first thing to fix)."""
+    from engine.spec import empty_prompt_problem
 
     if spec.get("batch_input_json") or spec.get("skip_generation"):
         return  # the engine reads its inputs from the batch file, or generates nothing
+    _check_input_file(spec, cwd, source)
+    problem = empty_prompt_problem(spec.get("prompt") or "", bool(spec.get("disable_guardrail")))
+    if problem:
+        raise SubmitError(f"{source}{problem}")
+
+
+def _check_input_file(spec: dict, cwd: str | None, source: str) -> None:
+    from engine.io import DEMO_INPUT_PATH
+    from engine.spec import InputError, input_kind
+
     given = spec.get("input_path") or ""
     path = _under(cwd, given)
     try:
