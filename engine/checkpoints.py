@@ -17,9 +17,10 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from engine.spec import GenerationSpec
+
+# torch is imported inside the functions that read or build weights: the daemon checks paths at submit
+# with this module (CheckpointPaths.missing) and never imports torch
 
 ENV_VAR = "COSMOS_TUI_CHECKPOINTS"
 DEFAULT_ROOT = "checkpoints"
@@ -41,6 +42,8 @@ def checkpoints_root(configured: str | os.PathLike | None = None) -> Path:
 
 class MissingCheckpointError(FileNotFoundError):
     """A checkpoint file or directory is not on disk; the message says which and how to get it."""
+
+    reason = "invalid"  # the user's to fix (engine.server.classify), not a crash
 
     def __init__(self, what: str, path: Path, fix: str) -> None:
         self.what, self.path, self.fix = what, Path(path), fix
@@ -137,6 +140,8 @@ def load_state_dict_file(path: str | os.PathLike, device="cpu", dtype: torch.dty
     holds a second full copy: the source is memory-mapped and each mapped tensor is released as
     soon as its copy exists.
     """
+    import torch
+
     path = Path(path)
     device = torch.device(device)
     if path.suffix == ".safetensors":
@@ -161,6 +166,8 @@ def load_state_dict_file(path: str | os.PathLike, device="cpu", dtype: torch.dty
 def _torch_load(path: Path):
     import pickle
 
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except pickle.UnpicklingError:
@@ -178,6 +185,8 @@ def _torch_load(path: Path):
 
 
 def _cast(v, device: torch.device, dtype: torch.dtype | None):
+    import torch
+
     if not torch.is_tensor(v):
         return v
     if dtype is not None and v.is_floating_point():
@@ -210,6 +219,8 @@ def strip_prefix(sd: dict, ema: bool = False) -> dict:
 
 def build_dit(spec: GenerationSpec, device, dtype: torch.dtype):
     """The DiT for this spec: the checkpoint's weights (or --dit_path), or seeded random for tiny."""
+    import torch
+
     from engine.models.dit import MiniTrainDIT, dit_config, load_dit_weights
 
     cfg = replace(dit_config(spec.model_size, spec.natten), attention_backend=spec.attention_backend)
@@ -238,6 +249,8 @@ def build_vae(spec: GenerationSpec, device, dtype: torch.dtype):
 
 
 def load_vae_weights_file(path: str | os.PathLike, device, dtype: torch.dtype, profile: str = "wan2.1"):
+    import torch
+
     from engine.models.vae import WanVAE, vae_config
 
     sd = load_state_dict_file(path, device, dtype)
@@ -265,6 +278,8 @@ def build_text_encoder(spec: GenerationSpec, device, dtype: torch.dtype):
     """T5 for this spec. `dtype` is the pipeline precision: T5 uses it only with
     --downcast_text_encoder and otherwise runs in float32, as the reference does."""
     from engine.models import text
+
+    import torch
 
     t5_dtype = dtype if spec.downcast_text_encoder else torch.float32
     if spec.model_size == "tiny":

@@ -466,6 +466,34 @@ REQUIRED = {
     "LlamaGuard3": ("Llama Guard 3", "meta-llama/Llama-Guard-3-8B"),
     "VideoSafetyClassifier": ("video safety filter", "nvidia/Cosmos-Guardrail1"),
 }
+
+
+def required_paths(root: Path | None) -> dict[str, Path | None]:
+    """Where each REQUIRED check's checkpoint must be: Llama Guard's directory, the video filter's
+    safety_filter.pt (None without a checkpoints root)."""
+    if root is None:
+        return dict.fromkeys(REQUIRED)
+    return {"LlamaGuard3": root / LLAMA_GUARD_DIR,
+            "VideoSafetyClassifier": root / GUARDRAIL_DIR / "video_content_safety_filter" / "safety_filter.pt"}
+
+
+def missing_required(root: Path | None) -> list[str]:
+    """The REQUIRED checks whose checkpoint is absent under `root`: what Guardrail(root).require() refuses,
+    found without building anything (the queue asks at submit)."""
+    where = required_paths(root)
+    present = {"LlamaGuard3": lambda p: p.is_dir(), "VideoSafetyClassifier": lambda p: p.is_file()}
+    return [name for name in REQUIRED if where[name] is None or not present[name](where[name])]
+
+
+def missing_message(root: Path | None, missing: list[str]) -> str:
+    """The one-sentence refusal for `missing` required checks."""
+    base = root or Path("checkpoints")
+    what = " and the ".join(f"{REQUIRED[m][0]} checkpoint ({base / REQUIRED[m][1]})" for m in missing)
+    return (f"guardrail: the {what} {'is' if len(missing) == 1 else 'are'} missing; download "
+            f"{'it' if len(missing) == 1 else 'them'} into the checkpoints folder, or run with "
+            f"--disable_guardrail to generate without the guardrail")
+
+
 TINY_NOTE = "not part of the tiny profile's guardrail (blocklist only: toy models have no guard checkpoints)"
 
 
@@ -506,14 +534,16 @@ class Guardrail:
                                       "detail": TINY_NOTE}
             return
 
-        lg = self.root / LLAMA_GUARD_DIR if self.root else None
-        if lg is not None and lg.is_dir():
+        where = required_paths(self.root)
+        absent = missing_required(self.root)
+        lg = where["LlamaGuard3"]
+        if "LlamaGuard3" not in absent:
             self._add(self.text_checks, LlamaGuard3(lg, device, offload, self._warn), "text", str(lg))
         else:
             self._unavailable("LlamaGuard3", "text", f"no checkpoint at {lg or LLAMA_GUARD_DIR}")
 
-        vf = self.root / GUARDRAIL_DIR / "video_content_safety_filter" if self.root else None
-        if vf is not None and (vf / "safety_filter.pt").is_file():
+        vf = where["VideoSafetyClassifier"].parent if self.root else None
+        if "VideoSafetyClassifier" not in absent:
             self._add(self.video_checks, SafetyClassifier(vf, device, offload, self._warn), "video", str(vf))
         else:
             self._unavailable("VideoSafetyClassifier", "video",
@@ -562,15 +592,8 @@ class Guardrail:
     def require(self) -> None:
         """Refuse, as the reference does, when a required check has no checkpoint."""
         missing = self.missing()
-        if not missing:
-            return
-        root = self.root or Path("checkpoints")
-        what = " and the ".join(f"{REQUIRED[m][0]} checkpoint ({root / REQUIRED[m][1]})" for m in missing)
-        raise GuardrailUnavailable(
-            f"guardrail: the {what} {'is' if len(missing) == 1 else 'are'} missing; download "
-            f"{'it' if len(missing) == 1 else 'them'} into the checkpoints folder, or run with "
-            f"--disable_guardrail to generate without the guardrail"
-        )
+        if missing:
+            raise GuardrailUnavailable(missing_message(self.root, missing))
 
     def _mark_ran(self, name: str) -> None:
         if name not in self._ran:

@@ -65,6 +65,34 @@ def cosmos_home(monkeypatch):
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def placeholder_checkpoints(tmp_path_factory) -> Path:
+    """Empty files where every released checkpoint of the seed's layout goes: the queue refuses at submit a
+    job whose checkpoints are missing, and the daemon tests queue 2B/14B jobs that only the fake engine
+    runs. Nothing loads them (a real-size model never runs in the tests)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    for size in ("2B", "14B"):
+        repo = root / "nvidia" / f"Cosmos-Predict2-{size}-Video2World"
+        for res in ("480", "720"):
+            for fps in ("10", "16"):
+                for natten in ("", "-natten"):
+                    f = repo / f"model-{res}p-{fps}fps{natten}.pt"
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.touch()
+        (repo / "tokenizer").mkdir(exist_ok=True)
+        (repo / "tokenizer" / "tokenizer.pth").touch()
+    for d in ("google-t5/t5-11b", "nvidia/Cosmos-Reason1-7B", "meta-llama/Llama-Guard-3-8B",
+              "nvidia/Cosmos-Guardrail1/video_content_safety_filter"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "nvidia/Cosmos-Guardrail1/video_content_safety_filter/safety_filter.pt").touch()
+    return root
+
+
+@pytest.fixture(autouse=True)
+def checkpoints_env(monkeypatch, placeholder_checkpoints):
+    monkeypatch.setenv("COSMOS_TUI_CHECKPOINTS", str(placeholder_checkpoints))
+
+
 def make_default_input(directory: Path) -> Path:
     """The spec's default input_path under `directory`: the queue checks inputs at submit, and
     the fake engine never reads it, so a few bytes do."""

@@ -74,7 +74,8 @@ def test_missing_checkpoint_is_one_sentence_with_command(monkeypatch, tmp_path):
         ck.build_text_encoder(spec, "cpu", torch.float32)
 
 
-def test_present_when_files_exist(tmp_path):
+def test_present_when_files_exist(monkeypatch, tmp_path):
+    monkeypatch.delenv(ck.ENV_VAR, raising=False)  # the env var wins over the root given here
     spec = GenerationSpec(disable_guardrail=True, disable_prompt_refiner=True)
     paths = ck.CheckpointPaths.for_spec(spec, tmp_path)
     assert [e.what for e in paths.missing(spec)] == ["DiT", "VAE tokenizer", "T5 text encoder"]

@@ -174,3 +174,12 @@ def test_edit_changes_a_queued_jobs_spec_checked_like_a_submit(d):
     h.op_cancel(d, {"job": b})
     with pytest.raises(h.RequestError, match=f"job {b} is cancelled; only a queued job can be edited"):
         h.op_edit(d, {"job": b, "set": {"seed": 1}})
+
+
+def test_submit_and_edit_refuse_a_job_whose_checkpoints_are_missing(d, monkeypatch, tmp_path):
+    monkeypatch.setenv("COSMOS_TUI_CHECKPOINTS", str(tmp_path / "empty"))
+    with pytest.raises(SubmitError, match="^The DiT checkpoint .*/empty/nvidia/Cosmos-Predict2-2B-Video2World/"):
+        submit(d, prompt="a")
+    jid = submit(d, prompt="a", model_size="tiny")
+    with pytest.raises(SubmitError, match="^The DiT checkpoint .*/empty/nvidia/Cosmos-Predict2-14B-Video2World/"):
+        h.op_edit(d, {"job": jid, "set": {"model_size": "14B"}})

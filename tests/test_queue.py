@@ -104,3 +104,41 @@ def test_batch_entries_need_their_own_prompt_and_input():
     assert batch_entry_problem({"prompt": "a", "input_path": "x.jpg"}) is None
     assert "input_video: missing" in batch_entry_problem({"prompt": "a"})
     assert "prompt and input_video" in batch_entry_problem({"save_path": "o.mp4"})
+
+
+def test_missing_checkpoints_are_refused_at_submit_where_the_engine_would_look(tmp_path, monkeypatch):
+    # a 2B job on a machine without its checkpoints used to queue, then fail as a "crash" when it ran
+    from cosmos_tui.queue.resolve import check_checkpoints
+
+    monkeypatch.delenv("COSMOS_TUI_CHECKPOINTS")  # the seed's ./checkpoints, under the job's directory
+    spec = resolve_spec({"prompt": "a kite", "disable_prompt_refiner": True}, None, 1)
+    with pytest.raises(SubmitError, match=rf"^The DiT checkpoint {tmp_path}/checkpoints/nvidia/Cosmos-Predict2-2B-"
+                                          r"Video2World/model-720p-16fps.pt is missing; download it with `python -m "
+                                          r"scripts.download_checkpoints --model_types video2world --model_sizes 2B"):
+        check_checkpoints(spec, str(tmp_path))
+    repo = tmp_path / "checkpoints" / "nvidia" / "Cosmos-Predict2-2B-Video2World"
+    (repo / "tokenizer").mkdir(parents=True)
+    for f in (repo / "model-720p-16fps.pt", repo / "tokenizer" / "tokenizer.pth"):
+        f.touch()
+    with pytest.raises(SubmitError, match="The T5 text encoder checkpoint .*/checkpoints/google-t5/t5-11b is missing"):
+        check_checkpoints(spec, str(tmp_path))
+    (tmp_path / "checkpoints" / "google-t5" / "t5-11b").mkdir(parents=True)
+    with pytest.raises(SubmitError, match=r"^guardrail: the Llama Guard 3 checkpoint .* and the video safety filter "
+                                          r"checkpoint .* are missing; .* or run with --disable_guardrail"):
+        check_checkpoints(spec, str(tmp_path))
+    check_checkpoints({**spec, "disable_guardrail": True}, str(tmp_path))
+    # the refiner needs Reason1; the tiny profile and Slurm jobs need nothing of this machine
+    with pytest.raises(SubmitError, match="The Cosmos-Reason1-7B checkpoint"):
+        check_checkpoints({**spec, "disable_guardrail": True, "disable_prompt_refiner": False}, str(tmp_path))
+    check_checkpoints(resolve_spec({"model_size": "tiny", "prompt": "a"}, None, 1), str(tmp_path / "elsewhere"))
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/sbatch")
+    slurm = resolve_spec({"prompt": "a", "executor": "slurm", "slurm_gpus_per_node": 1}, None, 1)
+    check_checkpoints(slurm, str(tmp_path / "elsewhere"))
+
+
+def test_a_missing_checkpoint_fails_a_running_job_as_invalid_not_a_crash():
+    from engine.checkpoints import MissingCheckpointError
+    from engine.server import classify
+
+    reason, error = classify(MissingCheckpointError("DiT", "ck/model.pt", "download it with `x`"))
+    assert reason == "invalid" and error.startswith("The DiT checkpoint ck/model.pt is missing; download it with `x`")

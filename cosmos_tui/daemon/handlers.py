@@ -12,7 +12,7 @@ import os
 from cosmos_tui import paths, phase_timing
 from cosmos_tui.daemon.log import log
 from cosmos_tui.queue.core import edit_problem, removal_problem, to_clean
-from cosmos_tui.queue.resolve import (SubmitError, check_gpu_memory, check_inputs, check_save_path, edit_spec, resolve_spec,
+from cosmos_tui.queue.resolve import (SubmitError, check_checkpoints, check_gpu_memory, check_inputs, check_save_path, edit_spec, resolve_spec,
                                       resolved_path)
 from cosmos_tui.store import TERMINAL
 
@@ -40,6 +40,7 @@ def _checked(d, overrides, preset: str | None, cwd: str | None, claimed: set[str
     check_inputs(spec, cwd, source)
     check_save_path(spec, cwd, claimed, source)
     check_gpu_memory(spec, d.gpu_totals, source)
+    check_checkpoints(spec, cwd, source)
     return spec
 
 
@@ -267,6 +268,7 @@ def op_edit(d, req):
     others = {resolved_path(j["cwd"], j["spec"].get("save_path") or "") for j in d.store.jobs() if j["id"] != jid}
     spec = edit_spec(row["spec"], req.get("set"), d.gpu_count, row["cwd"], others)
     check_gpu_memory(spec, d.gpu_totals)
+    check_checkpoints(spec, row["cwd"])
     try:
         d.store.set_spec(jid, spec)
     except ValueError as err:  # it started while we checked

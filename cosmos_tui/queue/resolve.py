@@ -146,6 +146,37 @@ def _image_frames(frames: int, kind: str, given: str, source: str) -> None:
                           f"{given!r} is an image (1 frame); set num_conditional_frames=1 or give an .mp4")
 
 
+def check_checkpoints(spec: dict, cwd: str | None, source: str = "") -> None:
+    """The checkpoints the job will load are on disk, looked for where its engine will look (the seed's
+    layout under $COSMOS_TUI_CHECKPOINTS or ./checkpoints, relative to the directory the job was submitted
+    from), and so are the guardrail's required ones unless it is off: a job that would stop at loading
+    is refused now, with the command that downloads what is missing. A Slurm job's nodes may see other
+    paths (COSMOS_TUI_SLURM_SETUP can set the variable there), so it is not checked here."""
+    from pathlib import Path
+
+    from engine import guardrail
+    from engine.checkpoints import CheckpointPaths, checkpoints_root
+    from engine.spec import spec_from_dict
+
+    if spec.get("executor", "local") != "local":
+        return
+    gs = spec_from_dict(spec)
+    paths = CheckpointPaths.for_spec(gs)
+    needed = paths.needed(gs)
+    if gs.skip_generation:  # best-of-N scoring existing videos loads the critic alone
+        needed = [(what, p) for what, p in needed if what == "Cosmos-Reason1-7B"]
+    for what, path in needed:
+        where = Path(_under(cwd, str(path)))
+        if not where.exists():
+            raise SubmitError(f"{source}{paths.error(what, where)}")
+    if gs.disable_guardrail or gs.model_size == "tiny" or gs.skip_generation:
+        return  # the tiny profile's guardrail is the word list alone
+    root = Path(_under(cwd, str(checkpoints_root())))
+    missing = guardrail.missing_required(root)
+    if missing:
+        raise SubmitError(f"{source}{guardrail.missing_message(root, missing)}")
+
+
 def check_gpu_memory(spec: dict, gpu_totals: list, source: str = "") -> None:
     """Refuse a job whose model weights alone cannot fit the GPUs it could get (engine/footprint.py: a
     floor, so a refusal is certain to be right). `gpu_totals`: bytes per GPU of this machine, None where
