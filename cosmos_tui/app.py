@@ -337,7 +337,18 @@ class CosmosApp(App):
 
     @on(ActionFailed)
     def _action_failed(self, message: ActionFailed) -> None:
+        form = self._waiting_submit_form()
+        if message.action == "submit" and form is not None:
+            form.refused(message.error)  # shown in the form, whose values stay for the fix
+            return
         self.notify(message.error, title=f"{message.action} failed", severity="error")
+
+    def _waiting_submit_form(self):
+        """The submit form on top, waiting for the daemon's answer; None otherwise (closed with Escape)."""
+        from cosmos_tui.screens.submit import SubmitScreen
+
+        screen = self.screen
+        return screen if isinstance(screen, SubmitScreen) and screen.waiting else None
 
     @on(SubmitRequested)
     def _submit_requested(self, message: SubmitRequested) -> None:
@@ -359,6 +370,9 @@ class CosmosApp(App):
 
     @on(JobsSubmitted)
     def _submitted(self, message: JobsSubmitted) -> None:
+        form = self._waiting_submit_form()
+        if form is not None:
+            form.accepted()
         ids = ", ".join(map(str, message.ids))
         self.notify(f"queued job{'s' if len(message.ids) > 1 else ''} {ids}")
         if message.ids:

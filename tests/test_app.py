@@ -145,6 +145,30 @@ async def test_submit_form_shows_errors_next_to_the_field(fake):
         assert not any(c[0].startswith("submit") for c in fake.calls)
 
 
+async def test_a_submit_the_daemon_refuses_keeps_the_form_and_says_why_under_the_field(fake):
+    # only the daemon can tell that a file is not on disk: the form used to close with a toast, and the
+    # user typed everything again
+    app = make_app(fake)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.polls >= 1, what="first refresh")
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "SubmitScreen", what="submit form")
+        form = app.screen
+        form.query_one("#submit-prompt", Input).value = "a kite over a grey sea"
+        form.query_one("#submit-input_path", Input).value = "nowhere/kite.png"
+        await pilot.press("ctrl+s")
+        err = form.query_one("#submit-err-input_path", Static)
+        await wait_for(pilot, lambda: err.display and not form.waiting, what="the refusal under input path")
+        assert "input_path: 'nowhere/kite.png' does not exist" in str(err.render())
+        assert app.screen is form and form.query_one("#submit-prompt", Input).value == "a kite over a grey sea"
+        assert not form.query_one("#submit-go").disabled
+        assert fake.jobs() == []
+        form.query_one("#submit-input_path", Input).value = ""  # the preset's own input
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is not form, what="the form to close once queued")
+        assert [j["spec"]["prompt"] for j in fake.jobs()] == ["a kite over a grey sea"]
+
+
 async def test_cancel_retry_pause_and_move(fake):
     ids = [fake.submit({"prompt": f"job {i}"}, preset="tiny-cpu") for i in range(3)]
     messages = []

@@ -8,6 +8,8 @@ error under the field.
 
 from __future__ import annotations
 
+import re
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,6 +24,9 @@ from cosmos_tui.widgets.quiet import QuietStatic
 
 MAX_COPIES = 100
 FIELDS = ("prompt", "input_path", "seed", "count")
+# the field a daemon refusal belongs under, by the name its sentence starts with
+REFUSAL_FIELDS = {"prompt": "prompt", "input_path": "input_path", "num_conditional_frames": "input_path",
+                  "seed": "seed"}
 
 
 def build_specs(preset_spec: dict, prompt: str, input_path: str, seed: str, count: str) -> tuple[list[dict], dict]:
@@ -74,6 +79,7 @@ class SubmitScreen(FormScreen, ModalScreen):
         self.initial = preset
         self.presets: dict = {}
         self.errors: dict = {}
+        self.waiting = False  # a submission is with the daemon
         self._hold_keys()
 
     def compose(self) -> ComposeResult:
@@ -148,12 +154,37 @@ class SubmitScreen(FormScreen, ModalScreen):
         return specs
 
     def action_submit(self) -> None:
+        if self.waiting:
+            return  # one submission at a time: the daemon has not answered the last one
         specs = self.check()
         if not specs:
             self.notify("fix the fields marked in the form first", severity="error")
             return
+        # the form stays until the daemon answers: what only it can check (the input on disk, checkpoints,
+        # GPU memory, an empty prompt with the guardrail on) comes back under the field, the values kept
+        self.waiting = True
+        self.query_one("#submit-go", Button).disabled = True
+        self._show("spec", "queueing…")
         self.app.post_message(SubmitRequested(self.preset_name, specs))
+
+    def accepted(self) -> None:
+        """The daemon queued the jobs (the app calls this on JobsSubmitted)."""
         self.dismiss(self.preset_name)
+
+    def refused(self, error: str) -> None:
+        """The daemon refused the submission: its one sentence goes under the field it names (or under the
+        form when it names none of the form's fields), and the form stays as the user filled it in."""
+        self.waiting = False
+        self.query_one("#submit-go", Button).disabled = False
+        self._show("spec", "")
+        text = re.sub(r"^item \d+: ", "", error.strip())  # N copies are one batch; they fail alike
+        named = text.split(":", 1)[0]
+        self._show(REFUSAL_FIELDS.get(named, "spec"), text)
+
+    def _show(self, field: str, text: str) -> None:
+        box = self.query_one(f"#submit-err-{field}", Static)
+        box.update("  ↳ " + text if text else "")
+        box.display = bool(text)
 
     def action_dismiss_form(self) -> None:
         self.dismiss(None)
