@@ -46,7 +46,7 @@ class Weights:
 
 
 def job_weights(spec) -> list[Weights]:
-    """The models a job puts on its GPU (any object with GenerationSpec's fields); [] for the tiny profile,
+    """The models a job (a GenerationSpec) puts on its GPU; [] for the tiny profile,
     whose toy models run anywhere."""
     if spec.model_size not in ("2B", "14B"):
         return []
