@@ -90,6 +90,24 @@ def too_small(spec, gpu_bytes: int, where: str = "the GPU") -> str | None:
     return head + "no offload, downcast or refiner setting makes it fit; use a GPU with more memory"
 
 
+# what a job needs above its weights: a 2B 720p 16 fps job peaked 9.6 GiB above its weights on the H200
+# (bench/RESULTS.md: 31.6 GiB with T5 fp32 resident); larger grids and the 14B need more
+ACTIVATION_HEADROOM = 10 * GIB
+
+
+def tight(spec, gpu_bytes: int, where: str = "the GPU") -> str | None:
+    """A warning (None when there is room) for a job whose weights fit but leave less than
+    ACTIVATION_HEADROOM for everything else: it will most likely run out of memory mid-job."""
+    need = floor_bytes(job_weights(spec))
+    if need > gpu_bytes or gpu_bytes - need >= ACTIVATION_HEADROOM:
+        return None
+    head = (f"the model weights of this {spec.model_size} job take {need / GIB:.1f} of {where}'s "
+            f"{gpu_bytes / GIB:.1f} GiB, leaving {(gpu_bytes - need) / GIB:.1f} GiB for activations (a 2B 720p job "
+            f"needs about {ACTIVATION_HEADROOM / GIB:.0f} GiB); it will probably run out of GPU memory")
+    fixes = cheapest_fit(spec, gpu_bytes - ACTIVATION_HEADROOM)
+    return head + (f"; set {', '.join(fixes)} to leave room" if fixes else "")
+
+
 def cheapest_fit(spec, gpu_bytes: int) -> tuple[str, ...]:
     """The settings of FIXES, not set yet, whose weights fit `gpu_bytes` at the least cost (then the fewest,
     then FIXES' order); () when none does. Five settings: every subset is tried."""

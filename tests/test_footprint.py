@@ -129,3 +129,37 @@ def test_the_engine_refuses_before_loading_on_a_gpu_too_small(monkeypatch, tmp_p
     monkeypatch.setattr(pipeline, "get_pipeline", lambda *a, **k: pytest.fail("loading started"))
     with pytest.raises(InputError, match=r"model_size: this 2B job needs at least 55\.8 GiB .* more than GPU 0's 16\.0 GiB"):
         pipeline_for(GenerationSpec(), events.Emitter(None))
+
+
+def test_weights_that_fit_with_little_room_get_a_warning_naming_what_leaves_room():
+    h100 = int(79.6 * GIB)  # what an 80 GB H100 reports
+    msg = footprint.tight(GenerationSpec(model_size="14B"), h100, "GPU 0")
+    assert msg.startswith("the model weights of this 14B job take 78.7 of GPU 0's 79.6 GiB, leaving 0.9 GiB")
+    assert msg.endswith("; set offload_prompt_refiner, offload_guardrail to leave room")
+    assert footprint.tight(GenerationSpec(), h100) is None  # the 2B reference setup: 55.8 GiB
+    assert footprint.tight(GenerationSpec(model_size="14B"), int(70 * GIB)) is None  # too small: refused instead
+    fixed = GenerationSpec(model_size="14B", offload_prompt_refiner=True, offload_guardrail=True)
+    assert footprint.tight(fixed, h100) is None
+
+
+def test_the_engine_warns_in_the_job_log_before_loading_a_tight_job(monkeypatch):
+    import types
+
+    from engine import events, pipeline
+    from engine.modes import pipeline_for
+
+    class Loading(Exception):
+        pass
+
+    def get_pipeline(*a, **k):
+        raise Loading
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: types.SimpleNamespace(total_memory=int(79.6 * GIB)))
+    monkeypatch.setattr(pipeline, "get_pipeline", get_pipeline)
+    evs: list[dict] = []
+    with pytest.raises(Loading):  # a warning, not a refusal: loading goes ahead
+        pipeline_for(GenerationSpec(model_size="14B"), events.Emitter(evs.append))
+    (warning,) = [e for e in evs if e["event"] == "log"]
+    assert warning["level"] == "warning" and "it will probably run out of GPU memory" in warning["message"]

@@ -50,7 +50,7 @@ def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):
 
     from engine.spec import build_key
 
-    check_fits_gpu(spec)
+    check_fits_gpu(spec, ev)
     if pipeline is not None:
         if pipeline.key != build_key(spec):
             raise ValueError("the pipeline passed in was built for other settings than this job's "
@@ -62,18 +62,24 @@ def pipeline_for(spec: GenerationSpec, ev: events.Emitter, pipeline=None):
     return pipe
 
 
-def check_fits_gpu(spec: GenerationSpec) -> None:
+def check_fits_gpu(spec: GenerationSpec, ev: events.Emitter | None = None) -> None:
     """InputError before any loading when the job's model weights alone exceed this GPU's memory
     (engine/footprint.py): the queue checks at submit where NVML works; the seed scripts and a daemon
-    without NVML get the same sentence here instead of an out-of-memory error minutes into loading."""
+    without NVML get the same sentence here instead of an out-of-memory error minutes into loading.
+    Weights that fit with little room to spare get a warning in the job's log (the 14B with nothing
+    offloaded on an 80 GB card: 78.7 GiB of weights), naming the settings that would leave room."""
     import torch
 
     if spec.model_size == "tiny" or not torch.cuda.is_available():
         return
-    from engine.footprint import too_small
+    from engine.footprint import tight, too_small
     from engine.spec import InputError
 
     dev = torch.cuda.current_device()
-    problem = too_small(spec, torch.cuda.get_device_properties(dev).total_memory, f"GPU {dev}")
+    total = torch.cuda.get_device_properties(dev).total_memory
+    problem = too_small(spec, total, f"GPU {dev}")
     if problem:
         raise InputError(problem)
+    warning = tight(spec, total, f"GPU {dev}")
+    if warning and ev is not None:
+        ev.log(warning, level="warning")
