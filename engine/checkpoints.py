@@ -85,9 +85,10 @@ class CheckpointPaths:
         """(what, path) of every checkpoint this job cannot run without, in loading order.
 
         The guardrail directories are not listed: the guardrail falls back to its word list (with a
-        warning) when they are absent. The tiny profile needs nothing but a --dit_path it was given.
+        warning) when they are absent. The tiny profile needs nothing but a --dit_path it was given;
+        --skip_generation (best-of-N scoring existing videos) loads the critic alone.
         """
-        out = [("DiT", self.dit), ("VAE tokenizer", self.vae), ("T5 text encoder", self.t5)]
+        out = [] if spec.skip_generation else [("DiT", self.dit), ("VAE tokenizer", self.vae), ("T5 text encoder", self.t5)]
         if spec.model_size != "tiny" and (not spec.disable_prompt_refiner or spec.mode == "bestofn"):
             out.append(("Cosmos-Reason1-7B", self.reason1))
         return [(what, path) for what, path in out if path is not None]

@@ -131,6 +131,12 @@ def test_missing_checkpoints_are_refused_at_submit_where_the_engine_would_look(t
     with pytest.raises(SubmitError, match="The Cosmos-Reason1-7B checkpoint"):
         check_checkpoints({**spec, "disable_guardrail": True, "disable_prompt_refiner": False}, str(tmp_path))
     check_checkpoints(resolve_spec({"model_size": "tiny", "prompt": "a"}, None, 1), str(tmp_path / "elsewhere"))
+    # best-of-N scoring existing videos loads the critic alone
+    scoring = resolve_spec({"mode": "bestofn", "skip_generation": True, "save_path": "bon"}, None, 1)
+    with pytest.raises(SubmitError, match="^The Cosmos-Reason1-7B checkpoint"):
+        check_checkpoints(scoring, str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere" / "checkpoints" / "nvidia" / "Cosmos-Reason1-7B").mkdir(parents=True)
+    check_checkpoints(scoring, str(tmp_path / "elsewhere"))
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/sbatch")
     slurm = resolve_spec({"prompt": "a", "executor": "slurm", "slurm_gpus_per_node": 1}, None, 1)
     check_checkpoints(slurm, str(tmp_path / "elsewhere"))

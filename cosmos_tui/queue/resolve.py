@@ -162,10 +162,7 @@ def check_checkpoints(spec: dict, cwd: str | None, source: str = "") -> None:
         return
     gs = spec_from_dict(spec)
     paths = CheckpointPaths.for_spec(gs)
-    needed = paths.needed(gs)
-    if gs.skip_generation:  # best-of-N scoring existing videos loads the critic alone
-        needed = [(what, p) for what, p in needed if what == "Cosmos-Reason1-7B"]
-    for what, path in needed:
+    for what, path in paths.needed(gs):
         where = Path(_under(cwd, str(path)))
         if not where.exists():
             raise SubmitError(f"{source}{paths.error(what, where)}")
