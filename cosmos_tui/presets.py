@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cosmos_tui.queue.resolve import clean_text
 from engine.spec import GenerationSpec, SpecError, spec_from_dict
 
 TOP_LEVEL_KEYS = ("name", "description", "spec")
@@ -94,11 +95,6 @@ def preset_paths() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def _printable(name: str) -> str:
-    # a file name's undecodable bytes arrive as lone surrogates, which no terminal or JSON encoder takes
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _source(path: Path) -> str:
     try:
         path.resolve().relative_to(user_preset_dir().resolve())
@@ -115,8 +111,9 @@ def _parse_file(path: Path) -> Preset:
     import tomlkit
     from tomlkit.exceptions import ParseError
 
-    where = _printable(path.name)
-    if where != path.name:  # undecodable bytes in the name (surrogate escapes): never a name to submit by
+    # a file name's undecodable bytes arrive as lone surrogates, which no terminal or JSON encoder takes
+    where = clean_text(path.name)
+    if where != path.name:  # never a name to submit by
         raise PresetError(f"{where}: the file name is not UTF-8; rename the file")
     try:
         text = path.read_text(encoding="utf-8")
@@ -175,7 +172,7 @@ def list_presets() -> list[Preset]:
         try:
             out.append(_parse_file(path))
         except PresetError as err:
-            out.append(Preset(name=_printable(name), description="", path=path, source=_source(path), spec=None,
+            out.append(Preset(name=clean_text(name), description="", path=path, source=_source(path), spec=None,
                               error=str(err)))
     return out
 
