@@ -145,12 +145,10 @@ class SubmitScreen(FormScreen, ModalScreen):
             specs, self.errors = build_specs(preset.spec.model_dump(), value["prompt"], value["input_path"],
                                              value["seed"], value["count"])
         for field in (*FIELDS, "spec"):
-            box = self.query_one(f"#submit-err-{field}", Static)
             msgs = list(self.errors.get(field) or [])
             if field == "spec":  # errors about fields this form has no box for
                 msgs += [f"{k}: {'; '.join(v)}" for k, v in self.errors.items() if k not in (*FIELDS, "spec")]
-            box.update("  ↳ " + "; ".join(msgs) if msgs else "")
-            box.display = bool(msgs)
+            self._show(field, "; ".join(msgs))
         return specs
 
     def action_submit(self) -> None:
