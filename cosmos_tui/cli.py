@@ -173,8 +173,9 @@ def batch_items(path: Path) -> list[dict]:
     except OSError as err:
         raise typer.BadParameter(f"{path}: {err.strerror}", param_hint="--batch") from None
     except UnicodeDecodeError as err:
-        raise typer.BadParameter(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                                 f"{err.start}); save it as UTF-8", param_hint="--batch") from None
+        from engine.spec import not_utf8
+
+        raise typer.BadParameter(f"{path} {not_utf8(err)}", param_hint="--batch") from None
     except ValueError as err:
         raise typer.BadParameter(f"{path} is not valid JSON ({err})", param_hint="--batch") from None
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):

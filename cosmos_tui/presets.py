@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_tui.queue.resolve import clean_text
-from engine.spec import GenerationSpec, SpecError, spec_from_dict
+from engine.spec import GenerationSpec, SpecError, not_utf8, spec_from_dict
 
 TOP_LEVEL_KEYS = ("name", "description", "spec")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -122,8 +122,7 @@ def _parse_file(path: Path) -> Preset:
     except OSError as err:
         raise PresetError(f"{where}: could not be read ({err.strerror})") from None
     except UnicodeDecodeError as err:  # TOML is UTF-8 by definition; a stray file must not take the list down
-        raise PresetError(f"{where}: is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                          f"save it as UTF-8") from None
+        raise PresetError(f"{where}: {not_utf8(err)}") from None
     try:
         data = tomlkit.parse(text).unwrap()
     except ParseError as err:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.resolutions import ASPECT_RATIOS
-from engine.spec import GenerationSpec, InputError, SpecError, spec_from_dict
+from engine.spec import GenerationSpec, InputError, SpecError, not_utf8, spec_from_dict
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -251,8 +251,7 @@ def load_batch(path: str) -> list:
     except OSError as err:
         raise BatchError(f"batch_input_json: {path!r} could not be read ({err.strerror})") from None
     except UnicodeDecodeError as err:  # JSON is UTF-8; a Latin-1 file would otherwise end in a traceback
-        raise BatchError(f"batch_input_json: {path!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
-                         f"offset {err.start}); save it as UTF-8") from None
+        raise BatchError(f"batch_input_json: {path!r} {not_utf8(err)}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -223,6 +223,11 @@ class GenerationSpec(BaseModel):
         return Path(self.save_path)
 
 
+def not_utf8(err: UnicodeDecodeError) -> str:
+    """The end of a sentence for a user's file that does not decode: which byte, where, and the fix."""
+    return f"is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save it as UTF-8"
+
+
 def blank_for_guardrail(text: str) -> bool:
     """True when the guardrail's blocklist finds no text in `text`: it reads ASCII alone, so a prompt with no
     ASCII letter, digit or mark (blank, or in another script only) is empty to it and refused."""
