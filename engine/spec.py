@@ -204,8 +204,8 @@ class GenerationSpec(BaseModel):
         return input_kind(path or self.input_path)
 
     def check_input(self, path: str | None = None) -> None:
-        """Validate one job's inputs: a prompt the guardrail will take (empty_prompt_problem), and the
-        conditioning input against this spec (existence, type, frame count rule)."""
+        """Validate one job's inputs: the conditioning input against this spec (existence, type, frame
+        count rule), then a prompt the guardrail will take (empty_prompt_problem)."""
         p = path or self.input_path
         kind = self.input_kind(p)
         if kind == "image" and self.num_conditional_frames != 1:
