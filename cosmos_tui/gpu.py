@@ -28,9 +28,10 @@ class DemoBackend:
 
     kind = "demo"
 
-    def __init__(self, count: int = 1, mem_total: int = 80 * 1024**3, processes: dict | None = None):
+    def __init__(self, count: int = 1, mem_total: int | list[int] = 80 * 1024**3, processes: dict | None = None):
         self.count = count
-        self.mem_total = mem_total
+        # one size for all, or one per GPU (a machine with GPUs of different sizes)
+        self.mem_totals = list(mem_total) if isinstance(mem_total, (list, tuple)) else [mem_total] * count
         self.processes = processes or {}  # index -> [{pid, mem}], for tests of attribution
         self._t0 = time.time()
 
@@ -43,8 +44,8 @@ class DemoBackend:
                 {
                     "index": i,
                     "name": "Demo GPU",
-                    "mem_used": int(self.mem_total * 0.05 * wave),
-                    "mem_total": self.mem_total,
+                    "mem_used": int(self.mem_totals[i] * 0.05 * wave),
+                    "mem_total": self.mem_totals[i],
                     "util": round(10 * wave, 1),
                     "temp": round(35 + 5 * wave, 1),
                     "power": round(60 + 20 * wave, 1),

@@ -31,6 +31,7 @@ from cosmos_tui import paths
 from cosmos_tui.client import DaemonError, DaemonNotRunning, _job
 from cosmos_tui.gpu import DemoBackend
 from cosmos_tui.queue.core import Start, model_key, plan
+from cosmos_tui.queue.resolve import gpu_fit
 
 FAKE_PID = 4242
 
@@ -217,7 +218,7 @@ class FakeClient:
         states = {j["id"]: j["state"] for j in d.store.jobs()}
         queued = d.store.queued()
         decisions = plan(queued, list(range(d.gpu_count)), d.engine_views(), paused=d.paused,
-                         done={i for i, s in states.items() if s == "done"})
+                         done={i for i, s in states.items() if s == "done"}, fits=gpu_fit(d.gpu_totals))
         start = next((x for x in decisions if isinstance(x, Start) and x.job_id == id), None)
         if start is None:
             raise AssertionError(f"the daemon would not start job {id} now (state {states.get(id)}, paused "

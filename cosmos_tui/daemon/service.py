@@ -21,6 +21,7 @@ from cosmos_tui.daemon.notify import HookConfigError, hook_argv, hook_env, job_f
 from cosmos_tui.queue.core import (CANCELLED_ERROR, Decision, EngineView, Evict, Start, apply, dependency_failed, plan,
                                    wait_reason, waiting_on)
 from cosmos_tui.queue.job import Job
+from cosmos_tui.queue.resolve import gpu_fit
 from cosmos_tui.queue.state import TransitionError
 from cosmos_tui.store import Store
 
@@ -129,7 +130,8 @@ class Daemon:
             done = {i for i, st in states.items() if st == "done"}
             # Slurm jobs go to the cluster as soon as they may start; plan() places the rest on local GPUs
             queued = await self.slurm.dispatch(queued, lambda j: waiting_on(j, done) is None)
-            decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done)
+            decisions = plan(queued, list(range(self.gpu_count)), self.engine_views(), done=done,
+                             fits=gpu_fit(self.gpu_totals))
             if not await self._carry_out(decisions, {j["id"]: j for j in queued}):
                 return
 
@@ -398,7 +400,8 @@ class Daemon:
         return Job.from_row(
             row, outputs=self.store.outputs(row["id"]), critic=self.store.critic(row["id"]),
             log_path=str(paths.job_log_path(row["id"])), place=place,
-            wait_reason=wait_reason(row, place, self.paused, states),
+            wait_reason=wait_reason(row, place, self.paused, states, list(range(self.gpu_count)),
+                                    gpu_fit(self.gpu_totals)),
             **phase_timing.wire_fields(row, etas or self.etas()),
         ).to_wire()
 

@@ -7,6 +7,7 @@ without processes and so the TUI's fake can follow the same rules as the daemon.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cosmos_tui.queue.eta import phase_columns, started_columns
@@ -81,9 +82,10 @@ def dependency_failed(job: dict, states: dict[int, str]) -> bool:
 
 
 def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused: bool = False,
-         done: set[int] = frozenset()) -> list[Start | Evict]:
+         done: set[int] = frozenset(), fits: Callable[[dict, int], bool] | None = None) -> list[Start | Evict]:
     """Decisions for `queued` (job dicts with id, spec, gpus_wanted, optional held and after; in
-    queue order); `done` holds the ids of finished jobs, for dependencies.
+    queue order); `done` holds the ids of finished jobs, for dependencies. `fits(job, gpu)`: can that
+    GPU hold the job's weights (a machine with GPUs of different sizes); None: every GPU can.
 
     Strict queue order: each job is taken in turn; one with an idle warm engine of its model starts
     there; otherwise, when too few GPUs are free, nothing behind it starts, not even a 1-GPU job
@@ -105,7 +107,8 @@ def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused:
             state.views = [e if e is not warm else EngineView(e.id, e.key, e.gpus, job["id"]) for e in state.views]
             continue
         n = job["gpus_wanted"]
-        free = [g for g in gpus if g not in busy]
+        # a GPU too small for this job is not free for it: the engine would refuse the job on it
+        free = [g for g in gpus if g not in busy and (fits is None or fits(job, g))]
         if len(free) < n:
             break
         # GPUs no idle engine holds first: a warm engine of another model may serve a later job
@@ -121,8 +124,10 @@ def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused:
     return out
 
 
-def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, str]) -> str | None:
-    """What a queued job is waiting for, in words for `ls` and the TUI; None when not queued."""
+def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, str], gpus: list[int] = (),
+                fits: Callable[[dict, int], bool] | None = None) -> str | None:
+    """What a queued job is waiting for, in words for `ls` and the TUI; None when not queued.
+    `gpus` and `fits` as plan() has them: a job that only some GPUs can hold says which."""
     if job.get("state") != "queued":
         return None
     waiting = waiting_on(job, set())
@@ -133,6 +138,10 @@ def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, st
     if waiting and states.get(job["after"]) != "done":
         return f"waiting for job {job['after']} to finish"
     if place == 1:
+        usable = [g for g in gpus if fits(job, g)] if fits is not None else gpus
+        if len(usable) < len(gpus):
+            names = ", ".join(map(str, usable))
+            return f"waiting for {job.get('gpus_wanted', 1)} free GPU(s) large enough for its weights (GPU {names})"
         return f"waiting for {job.get('gpus_wanted', 1)} free GPU(s)"
     return f"number {place} in the queue"
 

@@ -194,6 +194,30 @@ def check_gpu_memory(spec: dict, gpu_totals: list, source: str = "") -> None:
         raise SubmitError(source + problem)
 
 
+def gpu_fit(gpu_totals: list):
+    """For the scheduler (queue/core.plan's `fits`): on a machine whose GPUs differ in size, whether GPU
+    `g` can hold a job's weights (engine/footprint.py's floor, as check_gpu_memory uses). None when they
+    are all one size or a size is unknown: submit already refused what the largest cannot hold."""
+    known = [t for t in gpu_totals if isinstance(t, int) and t > 0]
+    if len(known) != len(gpu_totals) or len(set(known)) < 2:
+        return None
+
+    def fits(job: dict, g: int) -> bool:
+        from engine.footprint import floor_bytes, job_weights
+        from engine.spec import SpecError, spec_from_dict
+
+        spec = job.get("spec") or {}
+        if spec.get("executor", "local") != "local":
+            return True
+        try:
+            need = floor_bytes(job_weights(spec_from_dict(spec)))
+        except SpecError:
+            return True  # a stored spec this version refuses: the engine says why, on any GPU
+        return g >= len(gpu_totals) or need <= gpu_totals[g]
+
+    return fits
+
+
 def check_save_path(spec: dict, cwd: str | None, claimed: set[str], source: str = "") -> None:
     """Refuse to overwrite a file that no job of the queue wrote (a job's own path gets a fresh
     name from the store, so a claimed path is never a stranger's file)."""
