@@ -65,9 +65,10 @@ def record_samples(store, job: int, ev: dict, warn=None) -> None:
 
 
 def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: Iterable[int] = (),
-               now: float | None = None) -> eta.QueueEta:
+               now: float | None = None, fits=None) -> eta.QueueEta:
     """ETAs of the running and queued jobs (`skip`: ids whose state changed only in memory).
-    `engines`: EngineViews (key, gpus, job); an idle one makes its GPUs warm for its model."""
+    `engines`: EngineViews (key, gpus, job); an idle one makes its GPUs warm for its model;
+    `fits`: which GPUs can hold a job (queue/core.plan's)."""
     now = time.time() if now is None else now
     skip = set(skip)
     stats = store.phase_stats()
@@ -86,7 +87,7 @@ def queue_etas(store, gpus: list[int], engines: Iterable, paused: bool, skip: It
     afters = {q.after for q in queued if q.after is not None}
     done = {a for a in afters if (store.job(a) or {}).get("state") == "done"}
     warm = {g: eta.key_id(e.key) for e in engines if e.job is None and not e.dead for g in e.gpus}
-    return eta.queue_eta(running, queued, list(gpus), stats, warm=warm, paused=paused, done=done)
+    return eta.queue_eta(running, queued, list(gpus), stats, warm=warm, paused=paused, done=done, fits=fits)
 
 
 def wire_fields(row: dict, etas: eta.QueueEta) -> dict:

@@ -157,6 +157,20 @@ def test_queue_eta_reuses_a_warm_engine_and_keeps_head_of_line_order():
     assert q.jobs[2].seconds >= 50.0  # starts no earlier than the job ahead of it
 
 
+def test_queue_eta_puts_a_job_only_on_gpus_that_can_hold_it():
+    a = eta.key_id(("2B",))
+    spec = {"mode": "video2world", "num_steps": 4, **PLAIN}
+    one = GEN(4) + 0.75
+    # GPU 1 is busy for 50 s and is the only one that holds job 1: it waits for it, though GPU 0 is free now
+    running = [Running(9, (1,), a, Estimate(50.0))]
+    only_1 = lambda job, g: g == 1  # noqa: E731
+    q = eta.queue_eta(running, [Queued(1, spec, a)], [0, 1], {a: STATS}, fits=only_1)
+    assert q.jobs[1] == Estimate(50.0 + one)
+    assert eta.queue_eta(running, [Queued(1, spec, a)], [0, 1], {a: STATS}).jobs[1] == Estimate(60.0 + one)
+    # no GPU can hold it: not counted (submit refuses such a job; a stored one must not hang the total)
+    assert eta.queue_eta([], [Queued(1, spec, a)], [0], {a: STATS}, fits=only_1).jobs[1] is None
+
+
 def test_queue_eta_leaves_out_held_paused_and_dependent_jobs():
     a = eta.key_id(("2B",))
     spec = {"mode": "video2world", "num_steps": 4, **PLAIN}

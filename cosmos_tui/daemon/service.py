@@ -387,7 +387,7 @@ class Daemon:
         """Phase-aware ETAs of every running and queued job and of the whole queue (queue/eta.py)."""
         skip = [j for j, cols in self.unsaved.items() if cols.get("state") not in ("queued", "running")]
         return phase_timing.queue_etas(self.store, list(range(self.gpu_count)), self.engine_views(), self.paused,
-                                       skip, now=self.clock())
+                                       skip, now=self.clock(), fits=gpu_fit(self.gpu_totals))
 
     def job_wire(self, row: dict, place: int | None = None, states: dict[int, str] | None = None,
                  etas=None) -> dict:

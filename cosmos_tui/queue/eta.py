@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 # what one phase end event teaches, per unit of its work
 STATS = ("loading", "warmup", "onload", "guardrail_text", "refine", "text_encode", "vae_encode", "denoise_step",
@@ -284,11 +284,13 @@ class QueueEta:
 
 
 def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], stats: Mapping[str, Stats],
-              warm: Mapping[int, str] | None = None, paused: bool = False, done: set[int] = frozenset()) -> QueueEta:
+              warm: Mapping[int, str] | None = None, paused: bool = False, done: set[int] = frozenset(),
+              fits: Callable[[dict, int], bool] | None = None) -> QueueEta:
     """Lay the queued jobs (in queue order) after the running ones on the GPUs: strict head-of-line
     order as the scheduler (queue/core.plan), each job on the GPUs that free up first, preferring ones
     whose engine holds its model (no load then). `warm`: GPU -> model key of an idle engine on it;
-    `stats`: per model key; `done`: ids of finished jobs (for --after)."""
+    `stats`: per model key; `done`: ids of finished jobs (for --after); `fits`: plan's, which GPUs can
+    hold a job's weights (None: all)."""
     free = {g: ZERO for g in gpus}
     model = dict(warm or {})
     parked: dict[int, bool] = {}  # the engine's generator is on the CPU after a best-of-N
@@ -301,11 +303,12 @@ def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], sta
             parked[g] = parks_generator(r.spec)
     start_floor = ZERO
     for q in queued:
-        if paused or q.held or q.gpus_wanted > len(free) or (
+        usable = [g for g in free if fits is None or fits({"id": q.id, "spec": q.spec}, g)]
+        if paused or q.held or q.gpus_wanted > len(usable) or (
                 q.after is not None and q.after not in done and jobs.get(q.after) is None):
             jobs[q.id] = None  # held, paused, waiting on a job that is not coming, or too big for this box
             continue
-        chosen = sorted(free, key=lambda g: (free[g].seconds, model.get(g) != q.key, g))[:q.gpus_wanted]
+        chosen = sorted(usable, key=lambda g: (free[g].seconds, model.get(g) != q.key, g))[:q.gpus_wanted]
         start = _latest([start_floor, *(free[g] for g in chosen)] +
                         ([jobs[q.after]] if jobs.get(q.after) is not None else []))
         cold = not all(model.get(g) == q.key for g in chosen)
