@@ -63,7 +63,14 @@ def parse_args(argv=None):
     p.add_argument("--no_stream", action="store_true",
                    help="ours: write the mp4 after the decode, not during it (the timing before VideoStream)")
     p.add_argument("--json", default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # checked here, not after minutes of T5 and the first run: a device call is too scarce to lose
+    if args.peer != "none" and not 2 <= args.peer_steps <= args.num_steps:
+        p.error(f"--peer_steps: {args.peer_steps}; give 2..{args.num_steps} (--num_steps): the peer's first "
+                "interval holds its T5 and VAE encode, so the steps timed are the ones after it")
+    if args.ours_steps is not None and not 1 <= args.ours_steps <= args.num_steps:
+        p.error(f"--ours_steps: {args.ours_steps}; give 1..{args.num_steps} (--num_steps)")
+    return args
 
 
 def t5_11b_encoder(device, tiny: bool = False):

@@ -1,0 +1,75 @@
+"""The bench scripts run, end to end, at toy sizes on the CPU, with the flags bench/run_h200.sh gives them.
+
+Device time is scarce (30 minutes a session, a machine that may not come): a script that breaks on an
+argument or an import must break here, not in the device call. What is checked is the shape of each
+script's JSON and that its own checks passed (nonzero exit otherwise); no time is compared, since CPU
+timings of toy models say nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(tmp_path: Path, script: str, *args: str) -> dict:
+    out = tmp_path / "out.json"
+    # the scripts' scratch videos go under tmp_path, not the machine's /tmp
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def seconds(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+
+
+def test_bench_e2e_natten_with_fast_mode_reports_every_phase_and_the_drift(tmp_path):
+    r = run_bench(tmp_path, "bench_e2e.py", "--model_size", "tiny", "--num_steps", "2", "--natten", "--fast", "0.1",
+                  "--peer", "none")
+    assert r["args"]["natten"] and r["frames"] > 1
+    for side in ("ours", "fast"):
+        for k in ("text_encode_s", "vae_encode_s", "denoise_s", "vae_decode_s", "write_s", "total_s"):
+            assert seconds(r[side][k]), (side, k, r[side][k])
+    assert len(r["ours"]["step_seconds"]) == 3  # 2 steps + the final clean pass
+    assert isinstance(r["fast"]["skipped_calls"], int) and r["fast"]["drift"]
+
+
+def test_bench_e2e_beside_diffusers_extrapolates_the_peer_from_its_steps(tmp_path):
+    r = run_bench(tmp_path, "bench_e2e.py", "--model_size", "tiny", "--num_steps", "3", "--ours_steps", "2",
+                  "--peer_steps", "2")
+    assert r["peer"]["extrapolated"] and len(r["peer"]["step_seconds"]) == 1  # the first interval is not a step
+    assert r["ours"]["extrapolated"] and seconds(r["speedup_warm"]) and r["speedup_warm"] > 0
+
+
+def test_bench_e2e_refuses_a_peer_step_count_it_cannot_time_before_running_anything(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_e2e.py"), "--model_size", "tiny",
+                           "--peer_steps", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--peer_steps: 1; give 2..35" in proc.stderr
+
+
+@pytest.mark.parametrize("script,args,ways", [
+    ("bench_park.py", ("--model_size", "tiny", "--smoke_cpu"), {".to(cpu) and back (before)", "HostParking (engine)"}),
+    ("bench_t5_offload.py", ("--tiny", "--device", "cpu"), {"visit (engine)", ".to(gpu) and back (before)"}),
+])
+def test_bench_offload_scripts_time_both_ways(tmp_path, script, args, ways):
+    r = run_bench(tmp_path, script, *args)
+    assert {row["way"] for row in r["rows"]} == ways
+    assert all(seconds(row["seconds"]) for row in r["rows"])
+
+
+def test_bench_vae_times_the_decode_with_and_without_the_streamed_mp4(tmp_path):
+    r = run_bench(tmp_path, "bench_vae.py", "--tiny", "--device", "cpu", "--reps", "1", "--mp4", "--frames", "9")
+    layout = {row["what"] for row in r["rows"] if row["variant"] == "pipeline layout, wall clock"}
+    assert layout == {"decode, then mp4", "decode with the mp4 streamed"}
+    assert all(seconds(row["seconds"]) for row in r["rows"])
