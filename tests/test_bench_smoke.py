@@ -73,3 +73,6 @@ def test_bench_vae_times_the_decode_with_and_without_the_streamed_mp4(tmp_path):
     layout = {row["what"] for row in r["rows"] if row["variant"] == "pipeline layout, wall clock"}
     assert layout == {"decode, then mp4", "decode with the mp4 streamed"}
     assert all(seconds(row["seconds"]) for row in r["rows"])
+    # the short form for a device call: the same two rows and nothing else
+    only = run_bench(tmp_path, "bench_vae.py", "--tiny", "--device", "cpu", "--reps", "1", "--mp4_only", "--frames", "9")
+    assert [row["what"] for row in only["rows"]] == ["decode, then mp4", "decode with the mp4 streamed"]
