@@ -64,3 +64,16 @@ if [ "$part" = J ]; then
     run 200 h200_e2e_2b_natten_v3 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --peer none
     run 170 h200_e2e_14b_natten_v2 bench/bench_e2e.py --model_size 14B --fps 16 --natten --offload_text_encoder --ours_steps 3 --peer none
 fi
+# K (written 2026-12-07, not yet run): the cold first step. With NATTEN through flex + flash-attn-4 it took 48.1 s on
+# an H100 (15.8 s on the gather path): fa4 JIT-compiles its kernels in every new process. fa4 can keep them on disk
+# (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1, read when flash_attn.cute is first imported). Three processes of 3 steps:
+# k1 fills both caches, k2 reads both, k3 has inductor's cache warm but fa4's off, so k2 vs k3 is fa4's disk cache
+# alone. If it pays, the engine should turn it on by default (entries are keyed by fa4's sources and versions).
+if [ "$part" = K ]; then
+    for name in k1 k2 k3; do
+        [ "$name" = k3 ] && on=0 || on=1
+        FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=$on FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4_cache \
+            run 150 "h200_cold_${name}" bench/bench_e2e.py --model_size 2B --fps 16 --natten --ours_steps 3 --peer none
+    done
+    du -sh /tmp/fa4_cache | tee "$out/h200_cold_fa4_cache_size.txt"
+fi
