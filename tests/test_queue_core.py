@@ -205,6 +205,21 @@ def test_gpu_fit_compares_a_jobs_weights_with_each_gpu_only_where_sizes_differ()
     assert fits({"id": 4, "spec": {"model_size": "14B", "num_steps": "many"}}, 0)
 
 
+def test_gpu_fit_validates_each_jobs_spec_once_per_call_not_once_per_gpu(monkeypatch):
+    # the daemon builds it for every plan and every ETA: on an 8-GPU box a long queue would otherwise be
+    # validated 8 times over on each refresh
+    import engine.spec
+    from cosmos_tui.queue.resolve import gpu_fit
+
+    calls = []
+    real = engine.spec.spec_from_dict
+    monkeypatch.setattr(engine.spec, "spec_from_dict", lambda d, *a: calls.append(d) or real(d, *a))
+    fits = gpu_fit([40 * 1024**3] * 4 + [96 * 1024**3] * 4)
+    job = {"id": 1, "spec": {"model_size": "14B"}}
+    assert [fits(job, g) for g in range(8)] == [False] * 4 + [True] * 4
+    assert len(calls) == 1
+
+
 def test_the_daemon_spawns_a_jobs_engine_on_a_gpu_that_can_hold_it(tmp_path):
     import asyncio
 

@@ -201,18 +201,24 @@ def gpu_fit(gpu_totals: list):
     known = [t for t in gpu_totals if isinstance(t, int) and t > 0]
     if len(known) != len(gpu_totals) or len(set(known)) < 2:
         return None
+    needs: dict[int, int] = {}  # job id -> bytes: a spec is validated once per call of plan, not once per GPU
 
-    def fits(job: dict, g: int) -> bool:
+    def need_of(spec: dict) -> int:
         from engine.footprint import floor_bytes, job_weights
         from engine.spec import SpecError, spec_from_dict
 
-        spec = job.get("spec") or {}
         if spec.get("executor", "local") != "local":
-            return True
+            return 0  # the Slurm cluster's GPUs are not these
         try:
-            need = floor_bytes(job_weights(spec_from_dict(spec)))
+            return floor_bytes(job_weights(spec_from_dict(spec)))
         except SpecError:
-            return True  # a stored spec this version refuses: the engine says why, on any GPU
+            return 0  # a stored spec this version refuses: the engine says why, on any GPU
+
+    def fits(job: dict, g: int) -> bool:
+        jid = job.get("id")
+        need = needs[jid] if jid in needs else need_of(job.get("spec") or {})
+        if jid is not None:
+            needs[jid] = need
         return g >= len(gpu_totals) or need <= gpu_totals[g]
 
     return fits
