@@ -303,7 +303,8 @@ def queue_eta(running: list[Running], queued: list[Queued], gpus: list[int], sta
             parked[g] = parks_generator(r.spec)
     start_floor = ZERO
     for q in queued:
-        usable = [g for g in free if fits is None or fits({"id": q.id, "spec": q.spec}, g)]
+        as_job = {"id": q.id, "spec": q.spec}  # the form plan() hands `fits`
+        usable = [g for g in free if fits is None or fits(as_job, g)]
         if paused or q.held or q.gpus_wanted > len(usable) or (
                 q.after is not None and q.after not in done and jobs.get(q.after) is None):
             jobs[q.id] = None  # held, paused, waiting on a job that is not coming, or too big for this box

@@ -181,8 +181,8 @@ def check_gpu_memory(spec: dict, gpu_totals: list, source: str = "") -> None:
     from engine.footprint import too_small
     from engine.spec import spec_from_dict
 
-    known = [t for t in gpu_totals if isinstance(t, int) and t > 0]
-    if spec.get("executor", "local") != "local" or not known or len(known) != len(gpu_totals):
+    known = _gpu_sizes(gpu_totals)
+    if spec.get("executor", "local") != "local" or not known:
         return
     n = max(1, int(spec.get("num_gpus") or 1))
     if n > len(known):
@@ -194,12 +194,18 @@ def check_gpu_memory(spec: dict, gpu_totals: list, source: str = "") -> None:
         raise SubmitError(source + problem)
 
 
+def _gpu_sizes(gpu_totals: list) -> list[int] | None:
+    """Bytes per GPU when every size is known; None when one is not (no NVML): nothing can be compared."""
+    known = [t for t in gpu_totals if isinstance(t, int) and t > 0]
+    return known if len(known) == len(gpu_totals) else None
+
+
 def gpu_fit(gpu_totals: list):
     """For the scheduler (queue/core.plan's `fits`): on a machine whose GPUs differ in size, whether GPU
     `g` can hold a job's weights (engine/footprint.py's floor, as check_gpu_memory uses). None when they
     are all one size or a size is unknown: submit already refused what the largest cannot hold."""
-    known = [t for t in gpu_totals if isinstance(t, int) and t > 0]
-    if len(known) != len(gpu_totals) or len(set(known)) < 2:
+    known = _gpu_sizes(gpu_totals)
+    if known is None or len(set(known)) < 2:
         return None
     needs: dict[int, int] = {}  # job id -> bytes: a spec is validated once per call of plan, not once per GPU
 
@@ -219,7 +225,7 @@ def gpu_fit(gpu_totals: list):
         need = needs[jid] if jid in needs else need_of(job.get("spec") or {})
         if jid is not None:
             needs[jid] = need
-        return g >= len(gpu_totals) or need <= gpu_totals[g]
+        return need <= known[g]
 
     return fits
 
