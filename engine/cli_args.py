@@ -61,7 +61,8 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("output", ["save_path", "overwrite"]),
     ("runtime", ["num_gpus", "disable_guardrail", "offload_guardrail", "disable_prompt_refiner",
                  "offload_prompt_refiner", "offload_text_encoder", "downcast_text_encoder", "benchmark",
-                 "use_cuda_graphs", "compile_dit", "attention_backend", "fast_threshold"]),
+                 "use_cuda_graphs", "compile_dit", "attention_backend", "fast_threshold",
+                 "fp8_linears"]),
     ("long video", ["num_chunks"]),
     ("best-of-N", ["num_generations", "num_critic_trials", "skip_generation", "checkpoint_dir"]),
     ("cluster (the queue only; these scripts always run here)",
@@ -106,6 +107,9 @@ HELP: dict[str, str] = {
     "fast_threshold": "EXPERIMENTAL fast mode, off (0) by default: skip the DiT after its first block on steps "
                       "whose first-block change is below this (e.g. 0.1; larger skips more). Faster, and the video "
                       "differs from the exact one; bench/RESULTS.md reports speed and drift",
+    "fp8_linears": "EXPERIMENTAL, off by default: run the DiT's large linear layers as FP8 GEMMs (needs an Ada, "
+                   "Hopper or newer GPU; the tiny profile also runs it on CPU). The video differs from the exact "
+                   "one; bench/RESULTS.md reports speed and drift",
     "num_chunks": "long video only: number of chunks (93 frames each, overlapping by the conditional frames)",
     "num_generations": "best-of-N only: number of videos to generate",
     "num_critic_trials": "best-of-N only: critic answers sampled per video",

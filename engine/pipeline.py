@@ -83,6 +83,7 @@ class Video2WorldPipeline:
             if self.dit is None:
                 self.ev.log(f"loading DiT ({self.build.model_size})")
                 self.dit = checkpoints.build_dit(self.build, self.device, self.dtype).eval()
+                self.quantize_dit()
                 self.dit = parallel.wrap_dit(self.dit)  # the same DiT alone; split over the ranks under torchrun
                 self._compile_dit()
             if self.vae is None:
@@ -102,6 +103,18 @@ class Video2WorldPipeline:
             return
         torch.backends.cudnn.benchmark = True
         self.vae.decoder_channels_last_()
+
+    def quantize_dit(self) -> None:
+        """fp8_linears (experimental): the blocks' large linears as FP8 GEMMs, after this device has shown it
+        can run them (a ValueError naming the field if not). Before compiling: the graphs trace the FP8 ops."""
+        if not self.build.fp8_linears:
+            return
+        from engine.models import fp8
+
+        fp8.check_device(self.device, self.dtype)
+        n = fp8.quantize_dit_(self.dit)
+        self.ev.log(f"fp8 linears (experimental): {n} linear layers of the DiT run as float8_e4m3fn GEMMs; "
+                    f"the video differs from the exact path's")
 
     def _compile_dit(self) -> None:
         """Compile each block (one graph shared by all blocks, static shapes). --use_cuda_graphs adds CUDA

@@ -100,6 +100,9 @@ class GenerationSpec(BaseModel):
     # experimental fast mode (engine/step_cache.py): skip the DiT after its first block on denoiser calls
     # whose first-block residual moved less than this; 0 = the exact path. Changes the result.
     fast_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    # experimental (engine/models/fp8.py): the DiT blocks' large linear layers as FP8 GEMMs (e4m3, per-token
+    # and per-feature scales), for GPUs with FP8 tensor cores (sm_89+); changes the result. Off by default.
+    fp8_linears: bool = False
     # long video
     num_chunks: int = Field(6, ge=1, le=1000)
     # best-of-N
@@ -273,6 +276,7 @@ class BuildConfig:
     attention_backend: str = "auto"
     use_cuda_graphs: bool = False
     compile_dit: bool = True
+    fp8_linears: bool = False
 
     @classmethod
     def from_spec(cls, spec: "GenerationSpec | dict") -> "BuildConfig":

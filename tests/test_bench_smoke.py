@@ -36,13 +36,16 @@ def seconds(x) -> bool:
 
 def test_bench_e2e_natten_with_fast_mode_reports_every_phase_and_the_drift(tmp_path):
     r = run_bench(tmp_path, "bench_e2e.py", "--model_size", "tiny", "--num_steps", "2", "--natten", "--fast", "0.1",
-                  "--peer", "none")
+                  "--fp8", "--repeat", "2", "--peer", "none")
     assert r["args"]["natten"] and r["frames"] > 1
-    for side in ("ours", "fast"):
+    for side in ("ours", "ours_warm", "fast", "fp8", "fp8_fast"):
         for k in ("text_encode_s", "vae_encode_s", "denoise_s", "vae_decode_s", "write_s", "total_s"):
             assert seconds(r[side][k]), (side, k, r[side][k])
     assert len(r["ours"]["step_seconds"]) == 3  # 2 steps + the final clean pass
     assert isinstance(r["fast"]["skipped_calls"], int) and r["fast"]["drift"]
+    # the FP8 engine ran FP8 GEMMs: its video is not the exact one
+    for side in ("fp8", "fp8_fast"):
+        assert 0 < r[side]["drift"]["video_rel_l2"] < math.inf, (side, r[side]["drift"])
 
 
 def test_bench_e2e_beside_diffusers_extrapolates_the_peer_from_its_steps(tmp_path):
@@ -76,3 +79,15 @@ def test_bench_vae_times_the_decode_with_and_without_the_streamed_mp4(tmp_path):
     # the short form for a device call: the same two rows and nothing else
     only = run_bench(tmp_path, "bench_vae.py", "--tiny", "--device", "cpu", "--reps", "1", "--mp4_only", "--frames", "9")
     assert [row["what"] for row in only["rows"]] == ["decode, then mp4", "decode with the mp4 streamed"]
+
+
+def test_bench_fp8_times_every_converted_layer_shape_and_reports_its_error(tmp_path):
+    r = run_bench(tmp_path, "bench_fp8.py", "--model_size", "tiny", "--reps", "2")
+    assert [row["per_block"] for row in r["rows"]] == [6, 1, 1]  # the 8 FP8_LINEARS of a block
+    for row in r["rows"]:
+        for k in ("bf16", "fp8_gemm", "fp8_layer"):
+            assert seconds(row[f"{k}_ms"]), (row["layer"], k)
+        # fp32 on the CPU: ~sqrt(K)·2^-24 ~ 1e-6 normwise. FP8: each operand rounded within 2^-4 relative (3
+        # mantissa bits), errors of random sign on random data: ~2^-4·sqrt(2/3) ~ 0.05 normwise; 0.1 leaves 2x
+        assert row["bf16_rel_err"] < 1e-5 < row["fp8_layer_rel_err"] < 0.1, row
+    assert isinstance(r["projected_saving_per_step_s"], float)

@@ -37,6 +37,7 @@ SEED_DEFAULTS = {
     "skip_generation": False, "checkpoint_dir": "", "num_steps": 35, "attention_backend": "auto",
     "overwrite": False,  # ours: refuse to replace a file no job wrote
     "fast_threshold": 0.0,  # ours: the experimental step cache is off unless asked for
+    "fp8_linears": False,  # ours: the experimental FP8 linears likewise
     # ours: where the queue runs the job (cosmos_tui/executors/slurm.py)
     "executor": "local", "slurm_partition": "", "slurm_account": "", "slurm_nodes": 1, "slurm_gpus_per_node": 1,
     "slurm_time_limit": "4:00:00",
