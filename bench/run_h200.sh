@@ -77,14 +77,15 @@ if [ "$part" = K ]; then
     done
     du -sh /tmp/fa4_cache | tee "$out/h200_cold_fa4_cache_size.txt"
 fi
-# L (written 2026-12-07, third session; not yet run): the experimental FP8 linears (engine/models/fp8.py). First the
-# converted layers alone, bf16 against FP8 at the 2B's and 14B's token counts, with the projected saving per step;
-# then the 2B NATTEN job end to end, exact and with --fp8 (a second engine, same weights), drift on the same seed.
+# L (written 2026-12-07, third session; not yet run): torch alone, the .dev1 call. The experimental FP8 linears
+# (engine/models/fp8.py) layer by layer, bf16 against FP8 at the 2B's and 14B's token counts with the projected
+# saving per step; then part I's 14B park (best-of-N on an 80 GB card), never run.
 if [ "$part" = L ]; then
     run 80 h200_fp8_gemms_2b bench/bench_fp8.py --model_size 2B
-    run 300 h200_e2e_2b_natten_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fp8 --peer none
     run 90 h200_fp8_gemms_14b bench/bench_fp8.py --model_size 14B
+    run 240 h200_park_14b bench/bench_park.py --model_size 14B
 fi
-# M: what L leaves for the fast modes together: exact twice (the warm job measured phase by phase), the step
-# cache, FP8, and both (the moonshot row)
-[ "$part" = M ] && run 560 h200_e2e_2b_natten_fp8_fast bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --fp8 --repeat 2 --peer none
+# M: the .dev2 call (fa4: the default NATTEN path on Hopper). 2B NATTEN end to end: the exact job twice on one
+# engine (the second is the warm job, every phase measured), the step cache, FP8 on a second engine with the same
+# weights, and both (the moonshot row), each with its drift against the exact video on the same seed.
+[ "$part" = M ] && run 560 h200_e2e_2b_natten_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --fp8 --repeat 2 --peer none

@@ -17,6 +17,7 @@ from typing import List, Optional
 import typer
 
 from cosmos_tui.client import Client, DaemonError, DaemonNotRunning, start_daemon
+from cosmos_tui.gpu import slot_names, slots_phrase
 from cosmos_tui.queue.state import JobState
 
 # "\b" alone on a line: click prints the paragraph after it as written, not rewrapped into one block
@@ -312,7 +313,7 @@ def ls_(
         state_txt = j["state"] + (f" ({j['reason']})" if j["state"] == "failed" and j.get("reason") else "")
         # Text, not markup strings: a prompt holding "[/red]" is the user's words, not styling
         cells = [str(j["id"]), state_txt, j["mode"], j.get("preset") or "", _progress(j), _eta(j.get("eta_s")),
-                 ",".join(map(str, j.get("gpus") or [])), (j.get("prompt") or "")[:60]]
+                 slot_names(j.get("gpus") or [], q.get("gpu_backend")), (j.get("prompt") or "")[:60]]
         table.add_row(*(Text(safe_text(c)) for c in cells))
     console = Console()
     if q["paused"]:
@@ -330,14 +331,16 @@ def ls_(
 def show(job_id: int = typer.Argument(..., metavar="ID"),
          as_json: bool = typer.Option(False, "--json", help="The job dict as JSON.")) -> None:
     """Show one job: state, progress, outputs, critic verdicts, error."""
-    j = Client.connect().job(job_id)
+    client = Client.connect()
+    j = client.job(job_id)
     if as_json:
         typer.echo(json.dumps(j, default=str, indent=2))
         return
+    slots = slot_names(j["gpus"], client.queue().get("gpu_backend")) if j.get("gpus") else ""
     stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"  # noqa: E731
     lines = [
         f"job {j['id']}  {j['state']}" + (f" ({j['reason']})" if j.get("reason") else ""),
-        f"mode {j['mode']}   preset {j.get('preset') or '-'}   gpus {j.get('gpus') or '-'}",
+        f"mode {j['mode']}   preset {j.get('preset') or '-'}   gpus {slots or '-'}",
         f"prompt: {j.get('prompt')}",
         f"created {stamp(j['created'])}   started {stamp(j['started'])}   finished {stamp(j['finished'])}",
     ]
@@ -539,7 +542,8 @@ def daemon_status() -> None:
     typer.echo("jobs: " + (", ".join(f"{n} {s}" for s, n in sorted(q["counts"].items())) or "none"))
     typer.echo(f"GPUs: {q['gpu_count']} ({q['gpu_backend']}); engines: {len(q['engines'])}")
     for e in q["engines"]:
-        typer.echo(f"  engine {e['pid']} on GPUs {e['gpus']}: {'job ' + str(e['job']) if e['job'] else 'idle'}")
+        where = slots_phrase(e["gpus"], q.get("gpu_backend"))
+        typer.echo(f"  engine {e['pid']} on {where}: {'job ' + str(e['job']) if e['job'] else 'idle'}")
     for w in q.get("warnings") or []:
         typer.echo(f"warning: {w}", err=True)
 

@@ -10,6 +10,9 @@ Backends:
 - `DemoBackend`, N made-up GPUs, only when asked for (COSMOS_TUI_GPU=demo[:N]) or by tests.
 COSMOS_TUI_GPU=nvml insists on NVML and fails loudly if it is missing.
 
+`slot_name` / `slot_names` / `slots_phrase` are the one rule for naming a slot to a user (the CPU
+slot is "cpu", never "0"); the TUI, the CLI and the daemon's logs and wait reasons all use them.
+
 Per-process attribution (`attribute`) joins NVML's PIDs to the daemon's engines by walking each
 process's parents in /proc: a torchrun worker belongs to the engine that launched it. NVML reports
 host PIDs, so in a container without the host's PID namespace the join finds nothing, and says so.
@@ -68,6 +71,31 @@ class NoGpuBackend:
     def list(self) -> list[dict]:
         return [{"index": 0, "name": "CPU (no GPU)", "cpu": True, "note": self.reason, "mem_used": None,
                  "mem_total": None, "util": None, "temp": None, "power": None, "processes": []}]
+
+
+def cpu_only(backend: str | None) -> bool:
+    """Is `backend` (a GPU backend's `kind`, as the daemon's `queue()` reports it in `gpu_backend`) the
+    no-GPU one, whose single slot is the CPU?"""
+    return backend == NoGpuBackend.kind
+
+
+def slot_name(index: int, backend: str | None) -> str:
+    """Slot `index` as a user reads it in a cell or a list: every renderer of a job's or engine's slots
+    names them here. On a machine with no GPU the slot is the CPU; showing its index, 0, read as GPU 0 in use."""
+    return "cpu" if cpu_only(backend) else str(index)
+
+
+def slot_names(indices, backend: str | None) -> str:
+    """'0,1' on GPUs, 'cpu' on the CPU slot; '' for none."""
+    return ",".join(dict.fromkeys(slot_name(i, backend) for i in indices))
+
+
+def slots_phrase(indices, backend: str | None) -> str:
+    """The slots for a sentence ("starts on ..."): 'GPUs [0, 1]' (the log lines' format of old, which
+    people grep) or 'the CPU'."""
+    if cpu_only(backend):
+        return "the CPU"
+    return f"GPUs [{', '.join(slot_name(i, backend) for i in indices)}]"
 
 
 class NvmlBackend:

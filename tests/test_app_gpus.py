@@ -220,3 +220,98 @@ async def test_a_sample_that_arrives_before_the_card_is_composed_is_shown_once_i
         await pilot.pause()
         title = str(app.query_one(".gpu-title").render())
         assert "Second Sample GPU" in title
+
+
+# -- naming a job's slot: the CPU slot of a machine with no GPU is "cpu", never GPU 0 --
+
+
+def test_slots_are_named_by_one_rule_and_the_cpu_slot_is_never_a_number():
+    from cosmos_tui.gpu import slot_name, slot_names, slots_phrase
+
+    assert [slot_name(0, k) for k in ("nvml", "demo", None)] == ["0", "0", "0"]
+    assert slot_name(0, NoGpuBackend.kind) == "cpu"
+    assert slot_names([0, 1], "nvml") == "0,1" and slot_names([0], "cpu") == "cpu" and slot_names([], "cpu") == ""
+    assert (slots_phrase([0], "demo"), slots_phrase([0, 1], "nvml"), slots_phrase([0], "cpu")) == \
+        ("GPUs [0]", "GPUs [0, 1]", "the CPU")
+
+
+def _cpu_only_fake(tmp_path) -> FakeClient:
+    return FakeClient(tmp_path / "logs", gpu=NoGpuBackend("NVML found no GPU"), clock=lambda: T0)
+
+
+def test_on_a_cpu_only_machine_the_daemon_says_cpu_in_words_and_keeps_the_index_on_the_wire(tmp_path):
+    from cosmos_tui import paths
+
+    fake = _cpu_only_fake(tmp_path)
+    running = fake.submit({"prompt": "on the cpu"}, preset="tiny-cpu")
+    waiting = fake.submit({"prompt": "next"}, preset="tiny-cpu")
+    fake.start(running)
+    assert fake.queue()["gpu_backend"] == "cpu" and fake.job(running)["gpus"] == [0]
+    assert fake.job(waiting)["wait_reason"] == "waiting for the CPU (it runs one job at a time)"
+    assert f"job {running} starts on the CPU" in paths.job_log_path(running).read_text()
+
+
+async def test_on_a_cpu_only_machine_the_queue_and_the_job_name_the_slot_cpu(tmp_path):
+    from textual.widgets import Static
+
+    from test_app import cell, table
+
+    fake = _cpu_only_fake(tmp_path)
+    running = fake.submit({"prompt": "on the cpu"}, preset="tiny-cpu")
+    fake.submit({"prompt": "next"}, preset="tiny-cpu")
+    fake.start(running)
+    app = make_app(fake)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 2, what="rows")
+        assert cell(app, running, "gpus") == "cpu"
+        row = next(line for line in screen_text(app).splitlines() if "on the cpu" in line)
+        assert row.split()[-2:] == ["cpu", "30s"]  # the GPU column, then the time: no 0 where the slot goes
+        app.selected_job = running
+        app.action_open_job()
+        await wait_for(pilot, lambda: getattr(app.screen, "job_id", None) == running
+                       and " · elapsed " in screen_text(app), what="the job's progress")
+        text = str(app.screen.query_one("#job-progress", Static).render())
+        assert "GPUs cpu" in text and "GPUs 0" not in text
+
+
+async def test_with_gpus_the_queue_still_names_the_gpu_by_its_index(tmp_path):
+    from test_app import cell, table
+
+    fake = FakeClient(tmp_path / "logs", gpu=DemoBackend(2), clock=lambda: T0)
+    a = fake.submit({"prompt": "x"}, preset="tiny-cpu")
+    fake.start(a, gpus=(1,))
+    app = make_app(fake)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
+        assert cell(app, a, "gpus") == "1"
+
+
+def test_the_cli_names_the_cpu_slot_and_its_json_keeps_the_index(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cosmos_tui import cli
+
+    fake = _cpu_only_fake(tmp_path)
+    a = fake.submit({"prompt": "on the cpu"}, preset="tiny-cpu")
+    fake.start(a)
+
+    class Connect:  # what the commands call, answering with the CPU-only fake daemon
+        def __call__(self, *args, **kwargs):
+            return fake
+
+        def connect(self, autostart=True):
+            return fake
+
+    monkeypatch.setattr(cli, "Client", Connect())
+    run = lambda *args: CliRunner().invoke(cli.app, [str(x) for x in args])  # noqa: E731
+    ls = run("ls")
+    assert ls.exit_code == 0, ls.output
+    row = next(line for line in ls.output.splitlines() if "on the cpu" in line)
+    assert row.split()[-4:] == ["cpu", "on", "the", "cpu"] and " 0 " not in row
+    assert json.loads(run("ls", "--json").output)[0]["gpus"] == [0]  # machine output: schema unchanged
+    assert "gpus cpu" in run("show", a).output
+    assert json.loads(run("show", a, "--json").output)["gpus"] == [0]
+    status = run("daemon", "status").output
+    assert "GPUs: 1 (cpu)" in status and "on the CPU: job" in status and "[0]" not in status

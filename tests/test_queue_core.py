@@ -144,6 +144,13 @@ def test_wait_reasons():
     assert wait_reason({**q, "state": "running"}, None, False, {}) is None
 
 
+def test_on_a_cpu_only_machine_the_wait_is_for_the_cpu_not_a_gpu():
+    q = {"id": 2, "state": "queued", "gpus_wanted": 1}
+    assert wait_reason(q, 1, False, {}, [0], None, "cpu") == "waiting for the CPU (it runs one job at a time)"
+    assert wait_reason(q, 1, False, {}, [0], None, "nvml") == "waiting for 1 free GPU(s)"
+    assert wait_reason(q, 2, False, {}, [0], None, "cpu") == "number 2 in the queue"
+
+
 def test_the_job_wire_type_round_trips_and_refuses_what_is_not_a_job():
     row = {"id": 3, "state": "running", "mode": "lvg", "spec": {"num_chunks": 4}, "held": 0, "position": 7,
            "step": 5, "total_steps": 10, "sec_per_step": 2.0, "chunk": 2}

@@ -17,6 +17,7 @@ from cosmos_tui.daemon import engines as engine_procs
 from cosmos_tui.daemon.engines import Engine
 from cosmos_tui.daemon.log import describe, log
 from cosmos_tui.executors.slurm import SlurmExecutor
+from cosmos_tui.gpu import slots_phrase
 from cosmos_tui.daemon.notify import HookConfigError, hook_argv, hook_env, job_fields, load_hook, run_hook
 from cosmos_tui.queue.core import (CANCELLED_ERROR, Decision, EngineView, Evict, Start, apply, dependency_failed, plan,
                                    wait_reason, waiting_on)
@@ -143,7 +144,7 @@ class Daemon:
             if isinstance(d, Evict):
                 e = by_pid.get(d.engine_id)
                 if e is not None and e in self.engines:
-                    log(f"stopping idle engine {e.pid} on GPUs {e.gpus} for another model")
+                    log(f"stopping idle engine {e.pid} on {self.slots(e.gpus)} for another model")
                     self.engines.remove(e)
                     await e.kill(grace=2.0)
                     waited = True
@@ -167,7 +168,7 @@ class Daemon:
     async def spawn_engine(self, key: tuple, gpus: list[int], num_gpus: int) -> Engine:
         eng = await engine_procs.spawn(key, gpus, num_gpus, self.home)
         self.engines.append(eng)
-        log(f"engine {eng.pid} started on GPUs {gpus}: {' '.join(engine_procs.engine_command(num_gpus))}")
+        log(f"engine {eng.pid} started on {self.slots(gpus)}: {' '.join(engine_procs.engine_command(num_gpus))}")
         engine_procs.start_readers(
             eng,
             on_event=lambda ev: self._guarded_event(eng, ev),
@@ -177,6 +178,14 @@ class Daemon:
         )
         return eng
 
+    @property
+    def gpu_kind(self) -> str | None:
+        return getattr(self.gpu, "kind", None)
+
+    def slots(self, gpus) -> str:
+        """`gpus` for a log line, named as every client names them (cosmos_tui.gpu.slots_phrase)."""
+        return slots_phrase(list(gpus), self.gpu_kind)
+
     def start_job(self, job: dict, eng: Engine) -> None:
         jid = job["id"]
         eng.cancelling = False
@@ -184,7 +193,7 @@ class Daemon:
         self.store.update(jid, state="running", started=self.clock(), gpus=eng.gpus, engine_pid=eng.pid,
                           step=None, total_steps=None, error=None, reason=None)
         eng.job = jid
-        self.job_log(jid, f"job {jid} starts on GPUs {eng.gpus} (engine pid {eng.pid})")
+        self.job_log(jid, f"job {jid} starts on {self.slots(eng.gpus)} (engine pid {eng.pid})")
         try:
             eng.send({"op": "run", "job": jid, "spec": job["spec"], "cwd": job.get("cwd")})
         except (ConnectionError, OSError) as err:
@@ -401,7 +410,7 @@ class Daemon:
             row, outputs=self.store.outputs(row["id"]), critic=self.store.critic(row["id"]),
             log_path=str(paths.job_log_path(row["id"])), place=place,
             wait_reason=wait_reason(row, place, self.paused, states, list(range(self.gpu_count)),
-                                    gpu_fit(self.gpu_totals)),
+                                    gpu_fit(self.gpu_totals), self.gpu_kind),
             **phase_timing.wire_fields(row, etas or self.etas()),
         ).to_wire()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cosmos_tui.gpu import cpu_only, slot_name
 from cosmos_tui.queue.eta import phase_columns, started_columns
 from cosmos_tui.queue.resolve import resolved_path
 
@@ -125,9 +126,10 @@ def plan(queued: list[dict], gpus: list[int], engines: list[EngineView], paused:
 
 
 def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, str], gpus: list[int] = (),
-                fits: Callable[[dict, int], bool] | None = None) -> str | None:
+                fits: Callable[[dict, int], bool] | None = None, backend: str | None = None) -> str | None:
     """What a queued job is waiting for, in words for `ls` and the TUI; None when not queued.
-    `gpus` and `fits` as plan() has them: a job that only some GPUs can hold says which."""
+    `gpus` and `fits` as plan() has them: a job that only some GPUs can hold says which. `backend`: the
+    GPU backend's kind, which names the slots (cosmos_tui.gpu.slot_name)."""
     if job.get("state") != "queued":
         return None
     waiting = waiting_on(job, set())
@@ -138,9 +140,11 @@ def wait_reason(job: dict, place: int | None, paused: bool, states: dict[int, st
     if waiting and states.get(job["after"]) != "done":
         return f"waiting for job {job['after']} to finish"
     if place == 1:
+        if cpu_only(backend):
+            return "waiting for the CPU (it runs one job at a time)"
         usable = [g for g in gpus if fits(job, g)] if fits is not None else gpus
         if len(usable) < len(gpus):
-            names = ", ".join(map(str, usable))
+            names = ", ".join(slot_name(g, backend) for g in usable)
             return f"waiting for {job.get('gpus_wanted', 1)} free GPU(s) large enough for its weights (GPU {names})"
         return f"waiting for {job.get('gpus_wanted', 1)} free GPU(s)"
     return f"number {place} in the queue"

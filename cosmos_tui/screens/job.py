@@ -29,7 +29,7 @@ def head_line(job: dict) -> str:
     return " · ".join(bits)
 
 
-def progress_text(job: dict, clock) -> str:
+def progress_text(job: dict, clock, gpu_backend: str | None = None) -> str:
     frac = phase_text.overall(job, fmt.elapsed(job, clock))  # the queue row's bar says the same
     pct = f"{int(frac * 100)}%" if frac is not None else "-"
     lines = [
@@ -37,7 +37,7 @@ def progress_text(job: dict, clock) -> str:
         fmt.units_line(job),
         *([f"phase: {phase_text.phase_line(job)}"] if phase_text.phase_line(job) else []),
         f"ETA {fmt.eta(job)} · {_sps(job)} · elapsed {fmt.duration(fmt.elapsed(job, clock))} · "
-        f"GPUs {fmt.gpus_cell(job)} · peak {fmt.gib(job.get('peak_mem'), 2)}",
+        f"GPUs {fmt.gpus_cell(job, gpu_backend)} · peak {fmt.gib(job.get('peak_mem'), 2)}",
     ]
     if job.get("wait_reason"):
         lines.append(f"waiting: {job['wait_reason']}")
@@ -127,7 +127,8 @@ class JobScreen(QuietBackground, Screen):
         if job is None:
             return
         self.query_one("#job-head", Static).update(head_line(job))
-        self.query_one("#job-progress", Static).update(progress_text(job, self.app.clock))
+        backend = (self.app.queue_info or {}).get("gpu_backend")
+        self.query_one("#job-progress", Static).update(progress_text(job, self.app.clock, backend))
         self.query_one("#job-outputs", Static).update(outputs_text(job))
         self.query_one("#job-spec", Static).update(spec_text(job))
         self.query_one(LogView).set_path(job.get("log_path"))

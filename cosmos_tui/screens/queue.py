@@ -63,7 +63,7 @@ class QueueScreen(QuietBackground, Screen):
             return
         self._stale = False
         table = self.table
-        table.sync(jobs.values())
+        table.sync(jobs.values(), (self.app.queue_info or {}).get("gpu_backend"))
         wanted = self.app.selected_job
         if wanted is not None and wanted != table.selected_job and str(wanted) in table.rows:
             table.select_job(wanted)

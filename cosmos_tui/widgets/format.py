@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from cosmos_tui.gpu import slot_names
+
 MODE_SHORT = {"video2world": "v2w", "lvg": "long", "bestofn": "best-N"}
 BAR_CELLS = 8
 _EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -83,10 +85,11 @@ def gib(n: float | None, digits: int = 1) -> str:
     return f"{n / 1024**3:.{digits}f}G"
 
 
-def gpus_cell(job: dict) -> str:
+def gpus_cell(job: dict, backend: str | None = None) -> str:
+    """The job's slots; `backend` is the daemon's GPU backend kind (queue()'s `gpu_backend`)."""
     gpus = job.get("gpus") or []
     if gpus:
-        return ",".join(str(g) for g in gpus)
+        return slot_names(gpus, backend)
     wanted = job.get("gpus_wanted") or (job.get("spec") or {}).get("num_gpus")
     return f"({wanted})" if wanted and job.get("state") == "queued" else "-"
 

@@ -88,7 +88,8 @@ def _queued_cell(job: dict) -> str:
     return f"#{place} in queue" if place else fmt.progress_cell(job)
 
 
-def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: int = 16) -> dict[str, str]:
+def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: int = 16,
+              gpu_backend: str | None = None) -> dict[str, str]:
     return {
         "id": str(job["id"]),
         "mode": fmt.MODE_SHORT.get(job.get("mode") or "", job.get("mode") or "-"),
@@ -99,7 +100,7 @@ def row_cells(job: dict, clock: Callable[[], float] = time.time, prompt_width: i
         "progress": (_queued_cell(job) if job.get("state") == "queued"
                      else phase_text.row_progress(job, fmt.elapsed(job, clock)) or fmt.progress_cell(job)),
         "eta": fmt.eta(job),
-        "gpus": fmt.gpus_cell(job),
+        "gpus": fmt.gpus_cell(job, gpu_backend),
         "peak": fmt.gib(job.get("peak_mem")),
         "elapsed": fmt.duration(fmt.elapsed(job, clock)),
     }
@@ -124,6 +125,7 @@ class QueueTable(DataTable):
         self.prompt_width = 16
         self._jobs: list[dict] = []
         self.state_filter: str | None = None
+        self.gpu_backend: str | None = None  # the daemon's (queue()'s gpu_backend): how slots are named
         self.text_filter: str = ""
         self.shown: list[str] = [k for k, _, _ in COLUMNS]
         self._cells: dict[str, dict[str, str]] = {}
@@ -141,7 +143,7 @@ class QueueTable(DataTable):
         """Choose the columns and the prompt's width for these rows; True when that changed."""
         if not self.size.width:
             return False
-        rows = [row_cells(j, self.clock, 1) for j in wanted]
+        rows = [row_cells(j, self.clock, 1, self.gpu_backend) for j in wanted]
         shown = shown_columns(rows, self.size.width)
         others = sum(w + GAP for k, _, w in COLUMNS if k in shown and k != "prompt")
         # two cells for a vertical scrollbar, so the last column is never cut
@@ -158,10 +160,13 @@ class QueueTable(DataTable):
         return ((self.state_filter is None or job.get("state") == self.state_filter)
                 and matches(job, self.text_filter))
 
-    def sync(self, jobs: Iterable[dict]) -> None:
+    def sync(self, jobs: Iterable[dict], gpu_backend: str | None = None) -> None:
         """Make the rows match `jobs`, newest (highest id) on top, touching only what changed. One
-        order for every state: rows never jump when a job starts or ends."""
+        order for every state: rows never jump when a job starts or ends. `gpu_backend`: the daemon's
+        GPU backend kind, None to keep the last one given."""
         self._jobs = list(jobs)
+        if gpu_backend is not None:
+            self.gpu_backend = gpu_backend
         wanted = sorted((j for j in self._jobs if self.visible(j)), key=lambda j: -j["id"])
         if self._layout(wanted):
             # columns came or went (rare): the whole table repaints once; the rows stay
@@ -175,7 +180,7 @@ class QueueTable(DataTable):
         changed: list[str] = []
         for job in wanted:
             key = str(job["id"])
-            cells = row_cells(job, self.clock, self.prompt_width)
+            cells = row_cells(job, self.clock, self.prompt_width, self.gpu_backend)
             old = self._cells.get(key)
             if old is None:
                 # Text, not str: DataTable reads a str cell as markup, and prompts are user text
