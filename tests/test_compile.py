@@ -31,16 +31,20 @@ def dynamo_reset():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("natten", [False, True])
+@pytest.mark.parametrize("natten,fp8_linears", [(False, False), (True, False), (True, True)])
 @pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 @torch.no_grad()
-def test_second_step_compiles_nothing(dynamo_reset, natten):
+def test_second_step_compiles_nothing(dynamo_reset, natten, fp8_linears):
     from torch._dynamo.utils import counters
 
     cfg = dit_config("tiny", natten=natten)
     if natten:
         cfg = replace(cfg, natten_impl="sparse")  # our gathered-window path, the GPU default without libnatten
     m = MiniTrainDIT(cfg).random_init_(0).eval()
+    if fp8_linears:  # the experimental FP8 GEMMs, converted before compiling as the pipeline does
+        from engine.models.fp8 import quantize_dit_
+
+        quantize_dit_(m)
     compile_blocks(m.blocks, backend="eager")
     x, ctx, cond = _inputs()
     counters.clear()
