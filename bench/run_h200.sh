@@ -68,7 +68,9 @@ fi
 # an H100 (15.8 s on the gather path): fa4 JIT-compiles its kernels in every new process. fa4 can keep them on disk
 # (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1, read when flash_attn.cute is first imported). Three processes of 3 steps:
 # k1 fills both caches, k2 reads both, k3 has inductor's cache warm but fa4's off, so k2 vs k3 is fa4's disk cache
-# alone. If it pays, the engine should turn it on by default (entries are keyed by fa4's sources and versions).
+# alone. Since 2026-12-07 (third session) the engine turns the cache on unless the variable is set
+# (engine/models/attention.py fa4_disk_cache_default); K sets it explicitly in each process, so it measures
+# what that default saves, or costs.
 if [ "$part" = K ]; then
     for name in k1 k2 k3; do
         [ "$name" = k3 ] && on=0 || on=1

@@ -7,6 +7,7 @@ numeric tests check the permutation and the mask function, and the block tests c
 blocks the kernel would skip or take whole are exactly those the window definition says."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -289,3 +290,27 @@ def test_flex_flash_off_cuda_says_what_it_needs():
     grid, (q, k, v), _ = _local_s_inputs()
     with pytest.raises(RuntimeError, match="flash-attn-4 only; use auto"):
         natten_attention(q, k, v, grid, LOCAL_S_PARAMS, impl="flex_flash")
+
+
+@pytest.mark.parametrize("user_value,expected", [(None, "1"), ("0", "0")])
+def test_fa4_disk_cache_is_on_before_fa4_is_first_imported_unless_the_user_chose(tmp_path, monkeypatch,
+                                                                                    user_value, expected):
+    # a stand-in flash_attn.cute that records the variable as fa4's cache_utils reads it: at import time
+    pkg = tmp_path / "flash_attn"
+    (pkg / "cute").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cute" / "__init__.py").write_text(
+        f"import os\nSEEN = os.environ.get({attention_mod.FA4_CACHE_ENV!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if user_value is None:
+        monkeypatch.delenv(attention_mod.FA4_CACHE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(attention_mod.FA4_CACHE_ENV, user_value)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.setattr(attention_mod, "_FA4_OK", {})
+    assert attention_mod._fa4_preferred(torch.device("cuda", 0))
+    assert sys.modules["flash_attn.cute"].SEEN == expected
+    for name in ("flash_attn", "flash_attn.cute"):  # the stand-in must not outlive the test
+        sys.modules.pop(name, None)

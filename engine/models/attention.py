@@ -12,6 +12,7 @@ exact fp32 attention).
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Sequence
 
@@ -76,11 +77,29 @@ def _fa4_preferred(device: torch.device) -> bool:
         ok = torch.cuda.get_device_capability(device)[0] == 9
         if ok:
             try:
+                fa4_disk_cache_default()
                 import flash_attn.cute  # noqa: F401
             except Exception:  # not installed, or its CUDA libraries don't load
                 ok = False
         _FA4_OK[device.index] = ok
     return _FA4_OK[device.index]
+
+
+FA4_CACHE_ENV = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
+
+
+def fa4_disk_cache_default() -> None:
+    """Turn on flash-attn-4's on-disk kernel cache unless the user set it either way. It must happen before
+    flash_attn.cute is first imported (fa4 reads the variable then), so every import of it here calls this.
+
+    Why: fa4 JIT-compiles its kernels in each new process; with NATTEN through flex + fa4 the first step of a
+    fresh engine took 48.1 s on an H100 against 15.8 s on the gather path (bench/RESULTS.md), most likely that
+    compilation (not profiled). The cache keeps compiled kernels under /tmp/$USER (or
+    FLASH_ATTENTION_CUTE_DSL_CACHE_DIR), keyed by fa4's sources, cutlass and tvm-ffi versions and the GPU
+    arch, under file locks; a cache it cannot use makes it warn and compile in memory as before. What it
+    saves a new engine is not yet measured (bench/run_h200.sh K); FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0
+    turns it off."""
+    os.environ.setdefault(FA4_CACHE_ENV, "1")
 
 
 def auto_kernel(device: torch.device) -> str:
@@ -97,6 +116,7 @@ def auto_kernel(device: torch.device) -> str:
 def _fa4(q, k, v):
     """flash-attn-4 (CuTe DSL; optional, `pip install flash-attn-4`): Hopper/Blackwell only, [B, L, N, D] in."""
     try:
+        fa4_disk_cache_default()
         from flash_attn.cute import flash_attn_func
     except ImportError as err:
         raise RuntimeError(f"attention_backend: fa4 needs the flash-attn-4 package ({err}); use auto") from None
