@@ -324,11 +324,22 @@ def format_validation_error(err: ValidationError, source: str = "") -> str:
             known = ", ".join(sorted(GenerationSpec.model_fields))
             close = difflib.get_close_matches(field, GenerationSpec.model_fields, n=1)
             msg = (f"unknown key; did you mean {close[0]}? " if close else "unknown key; ") + f"known keys are: {known}"
+        elif e["type"] in ("bool_parsing", "bool_type"):
+            msg = f"{_given(e.get('input'))} is not a yes/no value; write true or false"
+        elif e["type"] in ("int_parsing", "int_type", "int_from_float", "float_parsing", "float_type"):
+            # pydantic's text alone ("Input should be a valid integer") does not say what was given
+            msg = f"{_given(e.get('input'))}: {msg[:1].lower()}{msg[1:]}"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         prefix = f"{source}: " if source else ""
         lines.append(f"{prefix}{field}: {msg}")
     return "\n".join(lines)
+
+
+def _given(value) -> str:
+    """A user's value for an error line: repr (quotes, escapes: never raw control bytes), cut at 60 chars."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def spec_from_dict(data: dict, source: str = "") -> GenerationSpec:

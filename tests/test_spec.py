@@ -20,6 +20,21 @@ def test_unknown_key_is_rejected_by_name():
     assert "zzzz: unknown key; known keys are: aspect_ratio," in str(e.value)  # no guess when nothing is close
 
 
+def test_a_wrong_type_says_what_was_given_and_what_to_write():
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"fp8_linears": "maybe"})
+    assert str(e.value) == "fp8_linears: 'maybe' is not a yes/no value; write true or false"
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"num_steps": "35x"})
+    assert str(e.value).startswith("num_steps: '35x': input should be a valid integer")
+    # the user's text is shown escaped and cut, never as raw bytes (an escape sequence would reach the terminal)
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"seed": "\x1b[2J" + "9" * 100})
+    msg = str(e.value)
+    assert "\x1b" not in msg and r"'\x1b[2J99" in msg  # the ESC byte shown as the four characters \x1b
+    assert msg.endswith("...: input should be a valid integer, unable to parse string as an integer")
+
+
 def test_unknown_aspect_ratio_names_field_and_choices():
     with pytest.raises(SpecError) as e:
         spec_from_dict({"aspect_ratio": "2:1"})
