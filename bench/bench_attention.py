@@ -8,9 +8,10 @@ flash_attn.cute allow it).
     python bench/bench_attention.py --skip_dense --json flex.json      # the NATTEN rows only
     python bench/bench_attention.py --skip_dense --grid 24,27,48        # 480p 16:9 (not block-aligned)
     python bench/bench_attention.py --device cpu --tiny                 # smoke run of the code paths
+    python bench/bench_attention.py --cudnn --json cudnn.json           # + cuDNN's block-sparse kernels, bf16 and FP8
 
 Prints a table last (ms per call, effective TFLOP/s counted on the attended keys only; for flex, the
-largest |flex - gather| over the layer's output, both bf16). A path that cannot run here (a kernel that
+largest |out - gather| over the layer's output, both bf16, and ||out - gather|| / ||gather||). A path that cannot run here (a kernel that
 refuses the shape, a missing package, a torch without the option) gets a row saying why, not a crash.
 """
 
@@ -77,19 +78,39 @@ def flex_cache_entries() -> int | None:
         return None
 
 
-def bench_sparse(q6, k6, v6, table, dense_flops, reps, rows, res, skip_flex: bool):
-    """Per distinct NATTEN pattern of `table`: gather path, flex (AUTO), flex (FLASH), into rows and res."""
+def cudnn_variants(dev: torch.device, res: dict) -> list:
+    """cuDNN frontend's block-sparse kernels, bf16 and Sage FP8 (engine/models/cudnn_bsa.py), where they run."""
+    from engine.models import cudnn_bsa
+
+    skip = cudnn_bsa.unusable(dev)
+    if skip:
+        res["cudnn_skipped"] = skip
+        print(f"skipped cudnn BSA: {skip}", flush=True)
+        return []
+    return [("cudnn BSA", lambda *a: cudnn_bsa.bsa_neighborhood_attention(*a, fp8=False)),
+            ("cudnn BSA FP8", lambda *a: cudnn_bsa.bsa_neighborhood_attention(*a, fp8=True))]
+
+
+def bench_sparse(q6, k6, v6, table, dense_flops, reps, rows, res, skip_flex: bool, cudnn: bool = False):
+    """Per distinct NATTEN pattern of `table`: gather path, flex (AUTO), flex (FLASH) and with `cudnn` cuDNN's
+    block-sparse kernels (bf16, FP8), into rows and res."""
     from engine.models.flex_natten import _plan, flex_neighborhood_attention
 
     dev = q6.device
     B, T, H, W, N, D = q6.shape
     L = T * H * W
-    variants = [] if skip_flex else [("flex", None)]
+
+    def flex(opts):
+        return lambda *a: flex_neighborhood_attention(*a, kernel_options=opts)
+
+    variants = [] if skip_flex else [("flex", flex(None))]
     flash_skip = None if skip_flex else flash_unavailable(dev)
     if not skip_flex and flash_skip is None:
-        variants.append(("flex FLASH", {"BACKEND": "FLASH"}))
+        variants.append(("flex FLASH", flex({"BACKEND": "FLASH"})))
     elif flash_skip:
         print(f"skipped flex FLASH: {flash_skip}", flush=True)
+    if cudnn:
+        variants += cudnn_variants(dev, res)
     seen: dict = {}
     for layer, params in enumerate(table):
         if params is None:
@@ -112,24 +133,25 @@ def bench_sparse(q6, k6, v6, table, dense_flops, reps, rows, res, skip_flex: boo
         plan = _plan((T, H, W), win, stride, dil, dev)
         r["flex_plan_s"] = time.perf_counter() - t0
         r["flex_partial_blocks"], r["flex_full_blocks"] = plan.partial_blocks, plan.full_blocks
-        for name, opts in variants:
+        for name, fn in variants:
             tag = name.replace(" ", "_").lower()
             try:
                 t0 = time.perf_counter()
-                out = flex_neighborhood_attention(q6, k6, v6, win, stride, dil, kernel_options=opts)
+                out = fn(q6, k6, v6, win, stride, dil)
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 r[f"{tag}_first_call_s"] = time.perf_counter() - t0  # compile included, the first time
                 r[f"{tag}_max_abs_err"] = (out.float() - ref).abs().max().item()
+                r[f"{tag}_rel_err"] = ((out.float() - ref).norm() / ref.norm()).item()
                 del out
-                fms = timed(lambda: flex_neighborhood_attention(q6, k6, v6, win, stride, dil, kernel_options=opts),
-                            dev, reps=reps)
+                fms = timed(lambda: fn(q6, k6, v6, win, stride, dil), dev, reps=reps)
             except Exception as e:  # compile failure, a backend refusing the mask, out of memory
                 r[f"{tag}_error"] = why(e)
                 print(f"{name} {key}: {why(e)}", flush=True)
                 continue
             r[f"{tag}_ms"], r[f"{tag}_tflops"] = fms, fl / fms / 1e9
-            print(f"{name} {key}: {fms:.1f} ms, max|flex - gather| {r[f'{tag}_max_abs_err']:.2e}", flush=True)
+            print(f"{name} {key}: {fms:.1f} ms, max|out - gather| {r[f'{tag}_max_abs_err']:.2e}, "
+                  f"rel {r[f'{tag}_rel_err']:.1e}", flush=True)
         r["ref_max_abs"] = ref.abs().max().item()
         del ref
         if dev.type == "cuda":
@@ -149,7 +171,7 @@ def bench_sparse(q6, k6, v6, table, dense_flops, reps, rows, res, skip_flex: boo
                 continue
             blocks = f"{r['flex_partial_blocks']} partial / {r['flex_full_blocks']} full blocks"
             rows.append((f"{name} {label}", f"{r[f'{tag}_ms']:.1f}", f"{r[f'{tag}_tflops']:.0f} ({blocks})",
-                         f"{r[f'{tag}_max_abs_err']:.1e} (max|out| {r['ref_max_abs']:.2f})"))
+                         f"{r[f'{tag}_max_abs_err']:.1e} (max|out| {r['ref_max_abs']:.2f}), rel {r[f'{tag}_rel_err']:.1e}"))
             totals[name] += r[f"{tag}_ms"] * n_layers
     res["sparse_patterns"] = [{"window": k[0], "stride": k[1], "dilation": k[2], **v} for k, v in seen.items()]
     res["sparse_all_layers_ms"] = totals["gather"]
@@ -162,6 +184,28 @@ def bench_sparse(q6, k6, v6, table, dense_flops, reps, rows, res, skip_flex: boo
     return totals
 
 
+def bench_fp8_dense(q, k, v, b, dense_flops, dev, reps, rows, res):
+    """Dense attention through cuDNN's Sage FP8 kernel (every key block), its error against fa4/cuDNN bf16."""
+    from engine.models import cudnn_bsa
+
+    label = f"dense cudnn FP8 (BSA, every block) B={b}"
+    skip = cudnn_bsa.unusable(dev)
+    if skip:
+        rows.append((label, "n/a", skip[:90], ""))
+        return
+    try:
+        ref = attention(q, k, v, "auto").float()
+        out = cudnn_bsa.fp8_dense_attention(q, k, v).float()
+        err, rel = (out - ref).abs().max().item(), ((out - ref).norm() / ref.norm()).item()
+        del out
+        ms = timed(lambda: cudnn_bsa.fp8_dense_attention(q, k, v), dev, reps)
+    except Exception as e:
+        rows.append((label, "n/a", why(e), ""))
+        return
+    rows.append((label, f"{ms:.1f}", f"{dense_flops(b) / ms / 1e9:.0f}", f"{err:.1e} vs auto, rel {rel:.1e}"))
+    res[f"dense_cudnn_fp8_b{b}_ms"], res[f"dense_cudnn_fp8_b{b}_rel_err"] = ms, rel
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_size", default="2B", choices=["2B", "14B"])
@@ -172,6 +216,8 @@ def main(argv=None):
     p.add_argument("--grid", default=None, help="token grid T,H,W instead of 720p 16:9 (e.g. 24,27,48 = 480p 16:9)")
     p.add_argument("--skip_dense", action="store_true", help="only the NATTEN pattern rows")
     p.add_argument("--skip_flex", action="store_true", help="NATTEN rows through the gather path only (the old table)")
+    p.add_argument("--cudnn", action="store_true", help="also cuDNN frontend's block-sparse kernels (bf16, Sage FP8) for "
+                   "the NATTEN rows and the FP8 one for dense attention (Hopper, the [cudnn] extra)")
     p.add_argument("--reps", type=int, default=None, help="timed calls per row (default 5 dense, 3 sparse)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -207,6 +253,8 @@ def main(argv=None):
                 continue
             rows.append((f"dense {backend} B={b} [B,L,N,D] view", f"{ms:.1f}", f"{dense_flops(b) / ms / 1e9:.0f}", ""))
             res[f"dense_{backend}_b{b}_ms"] = ms
+        if args.cudnn:
+            bench_fp8_dense(q, k, v, b, dense_flops, dev, args.reps or 5, rows, res)
         qh, kh, vh = (x.transpose(1, 2).contiguous() for x in (q, k, v))
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -224,7 +272,7 @@ def main(argv=None):
     q, k, v = qkv(args.batch)
     q6, k6, v6 = (x.view(args.batch, T, H, W, N, D) for x in (q, k, v))
     table = natten_table(args.model_size)
-    totals = bench_sparse(q6, k6, v6, table, dense_flops, args.reps or 3, rows, res, args.skip_flex)
+    totals = bench_sparse(q6, k6, v6, table, dense_flops, args.reps or 3, rows, res, args.skip_flex, args.cudnn)
     dense_layer = res.get(f"dense_cudnn_b{args.batch}_ms", float("nan"))
     res["dense_all_layers_ms"] = dense_layer * len(table)
     # Layers the table leaves dense (14B's layer 27) cost a dense call on every path; counted in neither

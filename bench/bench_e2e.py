@@ -19,9 +19,9 @@ every phase measured; with one run it is the first run with its first step repla
 and its T5/VAE phases are still the first calls' (cuDNN autotuning: ~3-6 s more than warm). The peer runs
 `--peer_steps` steps of its own loop and its denoise is extrapolated from its median step.
 
-`--fast T` and `--fp8` add experimental runs on the same seed (the step cache; FP8 linears on a second
-engine with the same random weights, and both together when both are given), each with its drift against
-the exact video.
+`--fast T`, `--fp8` and `--fp8_attention` add experimental runs on the same seed (the step cache; FP8
+linears and/or cuDNN's FP8 attention on a second engine with the same random weights; the second engine with
+the step cache when both kinds are given), each with its drift against the exact video.
 
     python bench/bench_e2e.py --model_size 2B --fps 16 --json out.json
 """
@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--fp8", action="store_true",
                    help="also run ours with fp8_linears (a second engine, same weights) on the same seed and "
                         "report its drift against the exact run")
+    p.add_argument("--fp8_attention", action="store_true",
+                   help="the second engine (see --fp8) also runs attention_backend cudnn_fp8 (cuDNN's FP8 attention)")
     p.add_argument("--repeat", type=int, default=1, choices=[1, 2],
                    help="exact runs on one engine; 2 measures the warm job phase by phase")
     p.add_argument("--offload_text_encoder", action="store_true", help="ours: T5 lives on the CPU")
@@ -133,6 +135,7 @@ def random_pipeline(spec, t5, tok, device, dtype, emit=None, natten_impl: str = 
     from engine.pipeline import Video2WorldPipeline
 
     pipe = Video2WorldPipeline(spec, device=device, emit=emit)
+    pipe.check_kernels()  # as load() does: an experimental kernel that cannot run here is refused, not skipped
     with torch.device("meta"):
         net = MiniTrainDIT(dataclasses.replace(dit_config(spec.model_size, spec.natten),
                                                attention_backend=spec.attention_backend, natten_impl=natten_impl))
@@ -148,7 +151,7 @@ def random_pipeline(spec, t5, tok, device, dtype, emit=None, natten_impl: str = 
 
 
 def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = None, pipe=None,
-             fp8: bool = False, name: str = "ours"):
+             fp8: bool = False, fp8_attention: bool = False, name: str = "ours"):
     from engine import events
     from engine.modes.video2world import open_stream, write_result
     from engine.spec import GenerationSpec
@@ -158,6 +161,7 @@ def run_ours(args, t5, tok, device, dtype, out_dir: Path, fast: float | None = N
                           disable_guardrail=True, disable_prompt_refiner=True, prompt=PROMPT,
                           input_path=str(INPUT), offload_text_encoder=args.offload_text_encoder,
                           save_path=str(out_dir / f"{name}.mp4"), fp8_linears=fp8,
+                          attention_backend="cudnn_fp8" if fp8_attention else "auto",
                           **({"fast_threshold": fast} if fast else {}))
     evs: list[dict] = []
     built = {}
@@ -336,19 +340,21 @@ def main(argv=None):
         res["fast"], fast, _ = run_ours(args, t5, tok, device, dtype, out_dir, fast=args.fast, pipe=pipe, name="fast")
         res["fast"]["drift"] = drift(exact, fast)
         show("fast")
-    if args.fp8:
-        # fp8_linears is a build setting: a second engine, built after the first is gone (the 14B twice
+    fp8 = dict(fp8=args.fp8, fp8_attention=args.fp8_attention)
+    what = " ".join(f for f, on in (("--fp8", args.fp8), ("--fp8_attention", args.fp8_attention)) if on)
+    if args.fp8 or args.fp8_attention:
+        # fp8_linears / attention_backend are build settings: a second engine, built after the first is gone (the 14B twice
         # would not fit beside T5 on an 80 GB card); random_weights_ is seeded, so the weights are the same
         pipe = None
         gc.collect()
         if not tiny:
             torch.cuda.empty_cache()
-        res["fp8"], got, pipe = run_ours(args, t5, tok, device, dtype, out_dir, fp8=True, name="fp8")
+        res["fp8"], got, pipe = run_ours(args, t5, tok, device, dtype, out_dir, **fp8, name="fp8")
         res["fp8"]["drift"] = drift(exact, got)
         show("fp8")
         if args.fast:
             res["fp8_fast"], got, _ = run_ours(args, t5, tok, device, dtype, out_dir, fast=args.fast, pipe=pipe,
-                                               fp8=True, name="fp8_fast")
+                                               **fp8, name="fp8_fast")
             res["fp8_fast"]["drift"] = drift(exact, got)
             show("fp8_fast")
 
@@ -363,9 +369,9 @@ def main(argv=None):
     if "fast" in res:
         rows.append((f"ours --fast {args.fast} (warm)", {**res["fast"], "total_s": res["fast"]["warm_total_s"]}))
     if "fp8" in res:
-        rows.append(("ours --fp8 (first step replaced by the median; T5/VAE warm)", warm(res["fp8"])))
+        rows.append((f"ours {what} (first step replaced by the median; T5/VAE warm)", warm(res["fp8"])))
     if "fp8_fast" in res:
-        rows.append((f"ours --fp8 --fast {args.fast} (warm)", {**res["fp8_fast"], "total_s": res["fp8_fast"]["warm_total_s"]}))
+        rows.append((f"ours {what} --fast {args.fast} (warm)", {**res["fp8_fast"], "total_s": res["fp8_fast"]["warm_total_s"]}))
     if "peer" in res:
         rows.append((f"diffusers ({args.peer_steps} steps run, extrapolated)", res["peer"]))
     print()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the package tarballs a device session carries to the H200 (bench/DEVICE.md says how they are used):
 #   .dev1/  cu13_ir.tar.xz  base.tar.xz                (first call)
-#   .dev2/  rest.tar.xz  cu13_rt.tar.xz  base.tar.xz   (second call, same warm machine)
+#   .dev2/  rest.tar.xz  cu13_rt.tar.xz  cudnn_fe.tar.xz  base.tar.xz   (second call, same warm machine)
 #   .dev3/  base.tar.xz                                (calls that need neither diffusers nor flash-attn-4)
 # The remote image has python 3.12 + torch 2.11/CUDA 13 (with cuda-bindings), torchvision, transformers,
 # safetensors and einops, and nothing else this project or its benchmarks import. One call carries at most
@@ -49,6 +49,10 @@ REST_PINS=(
     imageio-ffmpeg==0.7.0
 )
 CU13_PIN=nvidia-cutlass-dsl-libs-cu13==4.8.1
+# cuDNN frontend's CuTe DSL block-sparse attention (bf16 and Sage FP8 on SM90; engine/models/cudnn_bsa.py). Its
+# Requires-Dist (nvidia-cutlass-dsl[cu13]>=4.8.0, apache-tvm-ffi>=0.1.11) are the flash-attn-4 pins above; its C++
+# headers (include/) are left out, the Python package and its compiled module are what is imported.
+CUDNN_FE_PIN=nvidia-cudnn-frontend==1.32.0
 # the part of the cu13 wheel that goes in the first call; everything else in it goes in cu13_rt
 CU13_IR_PATHS=(
     nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so
@@ -90,11 +94,13 @@ wheel_of() {
 download "${BASE_PINS[@]}"
 download "${REST_PINS[@]}"
 download "$CU13_PIN"
+download "$CUDNN_FE_PIN"
 
 base_whl=(); rest_whl=()
 for p in "${BASE_PINS[@]}"; do base_whl+=("$(wheel_of "$p")"); done
 for p in "${REST_PINS[@]}"; do rest_whl+=("$(wheel_of "$p")"); done
 cu13_whl=$(wheel_of "$CU13_PIN")
+cudnn_fe_whl=$(wheel_of "$CUDNN_FE_PIN")
 
 # --- build ----------------------------------------------------------------------------------------
 # A tarball is rebuilt only when its inputs (wheel bytes, selected paths, RECIPE) changed or --force:
@@ -142,8 +148,12 @@ mapfile -t cu13_rt_paths < <(cd "$work/cu13" && find . -type f | sed 's|^\./||' 
 pack cu13_ir.tar.xz "$work/cu13" "$(inputs_hash "$cu13_whl" "${CU13_IR_PATHS[@]}")" "${CU13_IR_PATHS[@]}"
 pack cu13_rt.tar.xz "$work/cu13" "$(inputs_hash "$cu13_whl" "${cu13_rt_paths[@]}")" "${cu13_rt_paths[@]}"
 
+unpack "$work/cudnn_fe" "$cudnn_fe_whl"
+mapfile -t cudnn_fe_paths < <(cd "$work/cudnn_fe" && ls -d cudnn nvidia_cudnn_frontend-*.dist-info)
+pack cudnn_fe.tar.xz "$work/cudnn_fe" "$(inputs_hash "$cudnn_fe_whl" "${cudnn_fe_paths[@]}")" "${cudnn_fe_paths[@]}"
+
 # --- lay out the carry directories ----------------------------------------------------------------
-declare -A PLAN=([.dev1]="cu13_ir.tar.xz base.tar.xz" [.dev2]="rest.tar.xz cu13_rt.tar.xz base.tar.xz" [.dev3]="base.tar.xz")
+declare -A PLAN=([.dev1]="cu13_ir.tar.xz base.tar.xz" [.dev2]="rest.tar.xz cu13_rt.tar.xz cudnn_fe.tar.xz base.tar.xz" [.dev3]="base.tar.xz")
 fail=0
 for d in .dev1 .dev2 .dev3; do
     mkdir -p "$ROOT/$d"

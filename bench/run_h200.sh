@@ -91,3 +91,13 @@ fi
 # engine (the second is the warm job, every phase measured), the step cache, FP8 on a second engine with the same
 # weights, and both (the moonshot row), each with its drift against the exact video on the same seed.
 [ "$part" = M ] && run 560 h200_e2e_2b_natten_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --fp8 --repeat 2 --peer none
+# N (written 2026-12-07, third session; not yet run): cuDNN frontend's block-sparse attention (engine/models/cudnn_bsa.py,
+# carried in .dev2 as cudnn_fe.tar.xz), bf16 and Sage FP8, per NATTEN pattern beside the gather path and flex FLASH,
+# and FP8 dense attention beside fa4, each with its error against the gather path / auto. Needs /tmp/site from .dev1+.dev2.
+[ "$part" = N ] && run 240 h200_attention_cudnn bench/bench_attention.py --model_size 2B --fps 16 --cudnn
+# O: only if N shows the FP8 kernel right and fast: the 2B NATTEN and 2B dense jobs end to end with attention_backend
+# cudnn_fp8 (+ FP8 linears), drift on the same seed against the exact run in the same process
+if [ "$part" = O ]; then
+    run 300 h200_e2e_2b_natten_cudnn_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fp8 --fp8_attention --peer none
+    run 280 h200_e2e_2b_dense_cudnn_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --fp8 --fp8_attention --peer none
+fi

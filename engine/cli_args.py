@@ -103,7 +103,9 @@ HELP: dict[str, str] = {
     "benchmark": "run each generation 4 times and report the mean time of the last 3",
     "use_cuda_graphs": "capture the DiT blocks in CUDA graphs (torch.compile reduce-overhead mode)",
     "compile_dit": "torch.compile the DiT blocks on CUDA (default on; the first job pays 20-60 s of compilation)",
-    "attention_backend": "attention kernel: auto picks the fastest available",
+    "attention_backend": "attention kernel: auto picks the fastest available. cudnn_fp8 is EXPERIMENTAL: self-attention "
+                         "(dense and NATTEN) through cuDNN's FP8 kernels on a Hopper GPU with the [cudnn] extra; the "
+                         "video differs from the exact one",
     "fast_threshold": "EXPERIMENTAL fast mode, off (0) by default: skip the DiT after its first block on steps "
                       "whose first-block change is below this (e.g. 0.1; larger skips more). Faster, and the video "
                       "differs from the exact one; bench/RESULTS.md reports speed and drift",

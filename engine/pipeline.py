@@ -81,6 +81,7 @@ class Video2WorldPipeline:
         t0 = time.perf_counter()
         with phase(self.ev, "loading", self.key_fields, component="pipeline"):
             if self.dit is None:
+                self.check_kernels()
                 self.ev.log(f"loading DiT ({self.build.model_size})")
                 self.dit = checkpoints.build_dit(self.build, self.device, self.dtype).eval()
                 self.quantize_dit()
@@ -103,6 +104,16 @@ class Video2WorldPipeline:
             return
         torch.backends.cudnn.benchmark = True
         self.vae.decoder_channels_last_()
+
+    def check_kernels(self) -> None:
+        """An experimental kernel the build names must run on this device: refused here, before minutes of
+        loading, with the field and the way back (a ValueError)."""
+        if self.build.attention_backend == "cudnn_fp8":
+            from engine.models import cudnn_bsa
+
+            why = cudnn_bsa.unusable(self.device)
+            if why:
+                raise ValueError(f"attention_backend: cudnn_fp8 (experimental): {why}; use auto")
 
     def quantize_dit(self) -> None:
         """fp8_linears (experimental): the blocks' large linears as FP8 GEMMs, after this device has shown it

@@ -96,7 +96,8 @@ class GenerationSpec(BaseModel):
     # torch.compile the DiT blocks on CUDA: 1.17x per step on H100 at 720p (bench/RESULTS.md); the first
     # job of a warm engine pays the compilation (20-60 s). Ignored on CPU.
     compile_dit: bool = True
-    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "fa4", "natten"] = "auto"
+    # "cudnn_fp8": EXPERIMENTAL, cuDNN's Sage FP8 attention for self-attention (engine/models/cudnn_bsa.py)
+    attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "fa4", "natten", "cudnn_fp8"] = "auto"
     # experimental fast mode (engine/step_cache.py): skip the DiT after its first block on denoiser calls
     # whose first-block residual moved less than this; 0 = the exact path. Changes the result.
     fast_threshold: float = Field(0.0, ge=0.0, le=1.0)

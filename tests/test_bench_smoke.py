@@ -91,3 +91,10 @@ def test_bench_fp8_times_every_converted_layer_shape_and_reports_its_error(tmp_p
         # mantissa bits), errors of random sign on random data: ~2^-4·sqrt(2/3) ~ 0.05 normwise; 0.1 leaves 2x
         assert row["bf16_rel_err"] < 1e-5 < row["fp8_layer_rel_err"] < 0.1, row
     assert isinstance(r["projected_saving_per_step_s"], float)
+
+
+def test_bench_attention_runs_its_rows_and_says_why_the_cudnn_kernels_are_skipped(tmp_path):
+    r = run_bench(tmp_path, "bench_attention.py", "--device", "cpu", "--tiny", "--cudnn", "--skip_flex", "--reps", "1")
+    assert "NVIDIA GPUs only" in r["cudnn_skipped"]
+    assert len(r["sparse_patterns"]) == 5 and all(seconds(p["ms"]) for p in r["sparse_patterns"])
+    assert seconds(r["sparse_all_layers_ms"])

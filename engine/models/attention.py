@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-DENSE_BACKENDS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "fa4")
+DENSE_BACKENDS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "fa4", "cudnn_fp8")
 
 _FORCED = {
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
@@ -56,15 +56,42 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     backend: "auto" (fastest kernel for the device: flash-attn-4 on Hopper when installed, else cuDNN),
     "sdpa" (torch's own choice), or one forced kernel: "cudnn", "flash", "efficient", "math", "fa4". "natten" is accepted and means dense here: NATTEN needs the
     token grid, which only the self-attention op knows (see `natten_attention`); cross-attention is dense.
+    "cudnn_fp8" (experimental): cuDNN's Sage FP8 kernel (engine/models/cudnn_bsa.py) for self-attention shapes
+    it takes (bf16, head size 128, as many keys as queries, whole blocks of 128), "auto" for the rest
+    (cross-attention's 512 text tokens among them).
     """
     if backend == "natten":
         backend = "auto"
     if backend not in DENSE_BACKENDS:
         raise ValueError(f"attention backend {backend!r} is unknown; use one of {', '.join(DENSE_BACKENDS)}, natten")
+    if backend == "cudnn_fp8":
+        return _fp8_or_auto(q, k, v)
     if backend == "fa4" or (backend == "auto" and q.is_cuda and _fa4_preferred(q.device)):
         return _fa4(q, k, v)
     with _kernel_context(backend, q.device):
         return _sdpa(q, k, v)
+
+
+def fp8_attention_problem(q: torch.Tensor, k: torch.Tensor) -> str:
+    """Why attention_backend "cudnn_fp8" runs these [B, L, N, D] shapes through "auto" ("" when it does not)."""
+    from engine.models import cudnn_bsa
+
+    if q.shape[1] != k.shape[1]:
+        return "queries and keys differ in length (cross-attention)"
+    if q.shape[1] % cudnn_bsa.BLOCK or q.shape[-1] != cudnn_bsa._HEAD_DIM or q.dtype != torch.bfloat16:
+        return f"the FP8 kernel takes bf16, head size 128 and whole blocks of {cudnn_bsa.BLOCK} tokens"
+    return cudnn_bsa.unusable(q.device)
+
+
+# One graph break per layer, as for the sparse paths: the kernel's wrapper is host code (metadata checks,
+# JIT-compiled CuTe kernels) that dynamo should not trace.
+@torch.compiler.disable
+def _fp8_or_auto(q, k, v):
+    from engine.models import cudnn_bsa
+
+    if fp8_attention_problem(q, k):
+        return attention(q, k, v, "auto")
+    return cudnn_bsa.fp8_dense_attention(q, k, v)
 
 
 _FA4_OK: dict = {}
@@ -236,7 +263,10 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
 # batch 2 (bench/RESULTS.md): flex_flash 1005 ms, sparse 1292 (fa4 inside), flex 1407; so plain flex is
 # never chosen. Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on
 # CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
-NATTEN_IMPLS = ("auto", "natten", "sparse", "flex", "flex_flash")
+# "cudnn" / "cudnn_fp8": cuDNN frontend's block-sparse kernels, bf16 / Sage FP8 (cudnn_bsa.py; Hopper, block-
+# aligned patterns only, not measured yet, so chosen only by name); with attention_backend "cudnn_fp8", "auto"
+# also takes "cudnn_fp8" for every pattern it fits.
+NATTEN_IMPLS = ("auto", "natten", "sparse", "flex", "flex_flash", "cudnn", "cudnn_fp8")
 FLASH = {"BACKEND": "FLASH"}
 
 
@@ -280,6 +310,18 @@ def _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_bac
     return neighborhood_attention(q6, k6, v6, window, stride, dilation, backend=dense_backend)
 
 
+@torch.compiler.disable
+def _fp8_neighborhood_or_auto(q6, k6, v6, window, stride, dilation):
+    """attention_backend "cudnn_fp8" on a NATTEN layer: the FP8 block-sparse kernel where the pattern fits it,
+    else the usual auto path (its dense kernel "auto": the gathered windows are no whole blocks)."""
+    from engine.models import cudnn_bsa
+
+    if (not cudnn_bsa.unusable(q6.device) and q6.dtype == torch.bfloat16 and q6.shape[-1] == cudnn_bsa._HEAD_DIM
+            and not cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation)):
+        return cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation, fp8=True)
+    return _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, "auto")
+
+
 def natten_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -305,8 +347,17 @@ def natten_attention(
         return attention(q, k, v, dense_backend)
     q6, k6, v6 = (t.reshape(B, T, H, W, N, D) for t in (q, k, v))
     impl = _resolve_impl(impl, q.device)
-    if impl == "auto":
+    if impl == "auto" and dense_backend == "cudnn_fp8":
+        out = _fp8_neighborhood_or_auto(q6, k6, v6, window, stride, dilation)
+    elif impl == "auto":
         out = _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_backend)
+    elif impl in ("cudnn", "cudnn_fp8"):
+        from engine.models import cudnn_bsa
+
+        why = cudnn_bsa.unusable(q.device)
+        if why:
+            raise RuntimeError(f"natten_impl {impl}: {why}; use auto")
+        out = cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation, fp8=impl == "cudnn_fp8")
     elif impl == "sparse":
         from engine.models.sparse_attention import neighborhood_attention
 
