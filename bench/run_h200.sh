@@ -101,3 +101,9 @@ if [ "$part" = O ]; then
     run 300 h200_e2e_2b_natten_cudnn_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fp8 --fp8_attention --peer none
     run 280 h200_e2e_2b_dense_cudnn_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --ours_steps 6 --fp8 --fp8_attention --peer none
 fi
+# P: N and the FP8-linears job in one call, for a session short of device time: the cuDNN kernels without the flex
+# rows (flex FLASH is in the H200 table of 2026-12-03: 1005 ms for the 28 layers), then 2B NATTEN exact + --fp8.
+if [ "$part" = P ]; then
+    run 200 h200_attention_cudnn bench/bench_attention.py --model_size 2B --fps 16 --cudnn --skip_flex
+    run 360 h200_e2e_2b_natten_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fp8 --peer none
+fi
