@@ -319,6 +319,10 @@ def _fp8_neighborhood_or_auto(q6, k6, v6, window, stride, dilation):
     if (not cudnn_bsa.unusable(q6.device) and q6.dtype == torch.bfloat16 and q6.shape[-1] == cudnn_bsa._HEAD_DIM
             and not cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation)):
         return cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation, fp8=True)
+    if _resolve_impl("auto", q6.device) == "natten":
+        import natten
+
+        return natten.na3d(q6, k6, v6, kernel_size=window, stride=stride, dilation=dilation, is_causal=False)
     return _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, "auto")
 
 
@@ -346,7 +350,8 @@ def natten_attention(
         # Window covers everything: plain dense attention, whatever the stride/dilation say.
         return attention(q, k, v, dense_backend)
     q6, k6, v6 = (t.reshape(B, T, H, W, N, D) for t in (q, k, v))
-    impl = _resolve_impl(impl, q.device)
+    # asked-for FP8 comes before libnatten's na3d, which "auto" would otherwise resolve to
+    impl = impl if (impl == "auto" and dense_backend == "cudnn_fp8") else _resolve_impl(impl, q.device)
     if impl == "auto" and dense_backend == "cudnn_fp8":
         out = _fp8_neighborhood_or_auto(q6, k6, v6, window, stride, dilation)
     elif impl == "auto":
