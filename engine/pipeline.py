@@ -108,6 +108,10 @@ class Video2WorldPipeline:
     def check_kernels(self) -> None:
         """An experimental kernel the build names must run on this device: refused here, before minutes of
         loading, with the field and the way back (a ValueError)."""
+        if self.build.fp8_linears:
+            from engine.models import fp8
+
+            fp8.check_device(self.device, self.dtype)
         if self.build.attention_backend == "cudnn_fp8":
             from engine.models import cudnn_bsa
 
@@ -116,13 +120,12 @@ class Video2WorldPipeline:
                 raise ValueError(f"attention_backend: cudnn_fp8 (experimental): {why}; use auto")
 
     def quantize_dit(self) -> None:
-        """fp8_linears (experimental): the blocks' large linears as FP8 GEMMs, after this device has shown it
-        can run them (a ValueError naming the field if not). Before compiling: the graphs trace the FP8 ops."""
+        """fp8_linears (experimental): the blocks' large linears as FP8 GEMMs (check_kernels has seen this device
+        run them). Before compiling: the graphs trace the FP8 ops."""
         if not self.build.fp8_linears:
             return
         from engine.models import fp8
 
-        fp8.check_device(self.device, self.dtype)
         n = fp8.quantize_dit_(self.dit)
         self.ev.log(f"fp8 linears (experimental): {n} linear layers of the DiT run as float8_e4m3fn GEMMs; "
                     f"the video differs from the exact path's")

@@ -231,3 +231,17 @@ def test_tiny_pipeline_generates_with_fp8_linears(tmp_path):
         exact_spec, exact_spec.input_path, seed=0).video
     assert video.shape == exact.shape and torch.isfinite(video).all()
     assert not torch.equal(video, exact)  # the FP8 path ran
+
+
+def test_loading_refuses_fp8_linears_before_building_the_dit(tmp_path, monkeypatch):
+    from engine.pipeline import Video2WorldPipeline
+    from tests.tiny import tiny_spec
+
+    def refuse(device, dtype):
+        raise ValueError("fp8_linears: this GPU has no FP8 tensor cores; set fp8_linears = false")
+
+    monkeypatch.setattr(fp8, "check_device", refuse)
+    pipe = Video2WorldPipeline(tiny_spec(tmp_path, fp8_linears=True), device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="fp8_linears: this GPU"):
+        pipe.load()
+    assert pipe.dit is None  # refused before minutes of loading a real checkpoint

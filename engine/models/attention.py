@@ -78,9 +78,9 @@ def fp8_attention_problem(q: torch.Tensor, k: torch.Tensor) -> str:
 
     if q.shape[1] != k.shape[1]:
         return "queries and keys differ in length (cross-attention)"
-    if q.shape[1] % cudnn_bsa.BLOCK or q.shape[-1] != cudnn_bsa._HEAD_DIM or q.dtype != torch.bfloat16:
-        return f"the FP8 kernel takes bf16, head size 128 and whole blocks of {cudnn_bsa.BLOCK} tokens"
-    return cudnn_bsa.unusable(q.device)
+    if q.shape[1] % cudnn_bsa.BLOCK:
+        return f"{q.shape[1]} tokens are not whole blocks of {cudnn_bsa.BLOCK}"
+    return cudnn_bsa.fp8_input_problem(q) or cudnn_bsa.unusable(q.device)
 
 
 # One graph break per layer, as for the sparse paths: the kernel's wrapper is host code (metadata checks,
@@ -311,19 +311,15 @@ def _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_bac
 
 
 @torch.compiler.disable
-def _fp8_neighborhood_or_auto(q6, k6, v6, window, stride, dilation):
-    """attention_backend "cudnn_fp8" on a NATTEN layer: the FP8 block-sparse kernel where the pattern fits it,
-    else the usual auto path (its dense kernel "auto": the gathered windows are no whole blocks)."""
+def _fp8_neighborhood(q6, k6, v6, window, stride, dilation):
+    """attention_backend "cudnn_fp8" on a NATTEN layer: the FP8 block-sparse kernel's result, or None where
+    the device, the inputs or the pattern do not fit it."""
     from engine.models import cudnn_bsa
 
-    if (not cudnn_bsa.unusable(q6.device) and q6.dtype == torch.bfloat16 and q6.shape[-1] == cudnn_bsa._HEAD_DIM
-            and not cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation)):
-        return cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation, fp8=True)
-    if _resolve_impl("auto", q6.device) == "natten":
-        import natten
-
-        return natten.na3d(q6, k6, v6, kernel_size=window, stride=stride, dilation=dilation, is_causal=False)
-    return _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, "auto")
+    if (cudnn_bsa.unusable(q6.device) or cudnn_bsa.fp8_input_problem(q6)
+            or cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation)):
+        return None
+    return cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation, fp8=True)
 
 
 def natten_attention(
@@ -350,11 +346,15 @@ def natten_attention(
         # Window covers everything: plain dense attention, whatever the stride/dilation say.
         return attention(q, k, v, dense_backend)
     q6, k6, v6 = (t.reshape(B, T, H, W, N, D) for t in (q, k, v))
-    # asked-for FP8 comes before libnatten's na3d, which "auto" would otherwise resolve to
-    impl = impl if (impl == "auto" and dense_backend == "cudnn_fp8") else _resolve_impl(impl, q.device)
     if impl == "auto" and dense_backend == "cudnn_fp8":
-        out = _fp8_neighborhood_or_auto(q6, k6, v6, window, stride, dilation)
-    elif impl == "auto":
+        # asked-for FP8 first, before "auto" resolves to libnatten's na3d; where it does not fit, the usual
+        # choice below, with the dense kernel "auto" (gathered windows are no whole blocks)
+        out = _fp8_neighborhood(q6, k6, v6, window, stride, dilation)
+        if out is not None:
+            return out.reshape(B, L, N, D)
+        dense_backend = "auto"
+    impl = _resolve_impl(impl, q.device)
+    if impl == "auto":
         out = _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_backend)
     elif impl in ("cudnn", "cudnn_fp8"):
         from engine.models import cudnn_bsa

@@ -54,6 +54,13 @@ def unusable(device: torch.device) -> str:
     return _UNUSABLE[device.index]
 
 
+def fp8_input_problem(t: torch.Tensor) -> str:
+    """Why the FP8 kernel cannot read `t` ("" when it can): it takes bf16 with head size 128 only."""
+    if t.dtype != torch.bfloat16 or t.shape[-1] != _HEAD_DIM:
+        return f"cuDNN FP8 attention takes bf16 with head size {_HEAD_DIM}; got {t.dtype}, {t.shape[-1]}"
+    return ""
+
+
 @dataclass(frozen=True)
 class BsaPlan:
     """A pattern's tile-order permutation and its key-block lists, on one device."""
@@ -108,8 +115,9 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor,
     # not what their metadata checks promise to accept)
     idx = index.expand(B, N, *index.shape[2:]).contiguous()
     if fp8:
-        if D != _HEAD_DIM or q.dtype != torch.bfloat16:
-            raise ValueError(f"cuDNN FP8 attention takes bf16 with head size {_HEAD_DIM}; got {q.dtype}, {D}")
+        problem = fp8_input_problem(q)
+        if problem:
+            raise ValueError(problem)
         qh, kh, vh = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # the FP8 kernel reads BHSD only
         out = block_sparse_attention_fp8_forward(qh, kh, vh, idx, block_sparse_num=count, sparse_block_size=BLOCK)
         return out["o_tensor"].transpose(1, 2)
