@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +26,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.bench_attention import timed  # noqa: E402  (median ms after one warm-up call, CUDA events on the GPU)
 
 
 def parse_args(argv=None):
@@ -38,26 +38,6 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
-
-
-def timed_ms(fn, reps: int, cuda: bool) -> float:
-    """Median milliseconds of `reps` calls after 3 warm-up calls (device events on CUDA)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -114,7 +94,7 @@ def main(argv=None):
         with torch.no_grad():
             for key, fn in runs.items():
                 try:
-                    row[f"{key}_ms"] = timed_ms(fn, args.reps, cuda)
+                    row[f"{key}_ms"] = timed(fn, device, args.reps)
                     row[f"{key}_rel_err"] = rel_err(fn()[:2048], ref)
                 except (RuntimeError, NotImplementedError) as e:  # fast accum is CUDA-only
                     row[f"{key}_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__

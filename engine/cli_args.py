@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.resolutions import ASPECT_RATIOS
-from engine.spec import GenerationSpec, InputError, SpecError, not_utf8, spec_from_dict
+from engine.spec import GenerationSpec, InputError, SpecError, not_utf8, shorten, spec_from_dict
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -192,7 +192,7 @@ def _fmt_default(value: Any) -> str:
     if isinstance(value, str):
         if not value:
             return '""'
-        return value if len(value) <= 60 else value[:57] + "..."
+        return shorten(value)
     return str(value)
 
 

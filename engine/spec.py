@@ -337,10 +337,14 @@ def format_validation_error(err: ValidationError, source: str = "") -> str:
     return "\n".join(lines)
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters, "..." marking the cut (help defaults, values in error lines)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _given(value) -> str:
-    """A user's value for an error line: repr (quotes, escapes: never raw control bytes), cut at 60 chars."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A user's value for an error line: repr (quotes, escapes: never raw control bytes), shortened."""
+    return shorten(repr(value))
 
 
 def spec_from_dict(data: dict, source: str = "") -> GenerationSpec:
