@@ -107,3 +107,9 @@ if [ "$part" = P ]; then
     run 200 h200_attention_cudnn bench/bench_attention.py --model_size 2B --fps 16 --cudnn --skip_flex
     run 360 h200_e2e_2b_natten_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fp8 --peer none
 fi
+# Q (2026-12-07, fourth session): part L without the 14B park, for the first call of a short session (torch alone;
+# the call extracts .dev1 beside it for the calls after)
+if [ "$part" = Q ]; then
+    run 80 h200_fp8_gemms_2b bench/bench_fp8.py --model_size 2B
+    run 90 h200_fp8_gemms_14b bench/bench_fp8.py --model_size 14B
+fi
