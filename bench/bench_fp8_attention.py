@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=0, help="run only the first N blocks (0: all)")
     p.add_argument("--sample", type=int, default=512, help="queries per layer for the emulated/logit rows")
     p.add_argument("--timestep", type=float, default=0.5)
+    p.add_argument("--cpu_latent", default=None, metavar="T,H,W",
+                   help="run on the CPU in fp32 with this latent size (emulated rows only): the real widths, a small grid")
     p.add_argument("--compile", action="store_true", help="also the whole FP8 forward with the blocks compiled as the engine runs them")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -84,18 +86,21 @@ def emulated(q, k, v, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, d
 def main(argv=None):
     args = parse_args(argv)
     tiny = args.model_size == "tiny"
-    assert tiny or torch.cuda.is_available(), "this benchmark needs a CUDA GPU (or --model_size tiny, a CPU smoke run)"
+    cpu = tiny or args.cpu_latent is not None
+    assert cpu or torch.cuda.is_available(), "this benchmark needs a CUDA GPU (or --model_size tiny, a CPU smoke run)"
     from engine import resolutions
     from engine.models import cudnn_bsa
     from engine.models.attention import attention, fp8_attention_problem
     from engine.models.dit import MiniTrainDIT, dit_config
 
-    device, dtype = (torch.device("cpu"), torch.float32) if tiny else (torch.device("cuda"), torch.bfloat16)
+    device, dtype = (torch.device("cpu"), torch.float32) if cpu else (torch.device("cuda"), torch.bfloat16)
     cfg = dit_config(args.model_size)
     if args.blocks:
         cfg = dataclasses.replace(cfg, num_blocks=args.blocks)
     net = MiniTrainDIT(cfg).random_init_(0).to(device, dtype).eval()
-    if tiny:
+    if args.cpu_latent:
+        T, H, W = (int(n) for n in args.cpu_latent.split(","))
+    elif tiny:
         T, H, W = 3, 16, 32  # 384 tokens after 2x2 patches: whole 128-token blocks
     else:
         w_px, h_px = resolutions.frame_size("720", "16:9", args.model_size)
@@ -103,10 +108,10 @@ def main(argv=None):
         H, W = h_px // 8, w_px // 8
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(2, cfg.latent_channels, T, H, W, generator=g).to(device, dtype)
-    ctx = torch.randn(2, 512 if not tiny else 8, cfg.crossattn_emb_channels, generator=g).to(device, dtype)
+    ctx = torch.randn(2, 8 if tiny else 512, cfg.crossattn_emb_channels, generator=g).to(device, dtype)
     t = torch.full((2,), args.timestep, device=device)
 
-    res = {"args": vars(args), "gpu": torch.cuda.get_device_name() if not tiny else "cpu", "layers": []}
+    res = {"args": vars(args), "gpu": "cpu" if cpu else torch.cuda.get_device_name(), "layers": []}
     rows_g = torch.Generator(device="cpu").manual_seed(2)
     ops = [b.self_attn for b in net.blocks]
     originals = [a.attn_op for a in ops]
@@ -142,7 +147,7 @@ def main(argv=None):
         exact_out = net(x, t, ctx)
         for a, orig in zip(ops, originals):
             a.attn_op = orig
-        if not tiny and not cudnn_bsa.unusable(device):
+        if not cpu and not cudnn_bsa.unusable(device):
             for a in ops:
                 a.attn_op.backend = "cudnn_fp8"
             fp8_out = net(x, t, ctx)
