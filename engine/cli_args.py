@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.resolutions import ASPECT_RATIOS
-from engine.spec import GenerationSpec, InputError, SpecError, not_utf8, shorten, spec_from_dict
+from engine.spec import DISABLED_CHOICES, GenerationSpec, InputError, SpecError, not_utf8, shorten, spec_from_dict
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -103,9 +103,8 @@ HELP: dict[str, str] = {
     "benchmark": "run each generation 4 times and report the mean time of the last 3",
     "use_cuda_graphs": "capture the DiT blocks in CUDA graphs (torch.compile reduce-overhead mode)",
     "compile_dit": "torch.compile the DiT blocks on CUDA (default on; the first job pays 20-60 s of compilation)",
-    "attention_backend": "attention kernel: auto picks the fastest available. cudnn_fp8 is EXPERIMENTAL: self-attention "
-                         "(dense and NATTEN) through cuDNN's FP8 kernels on a Hopper GPU with the [cudnn] extra; the "
-                         "video differs from the exact one",
+    "attention_backend": "attention kernel: auto picks the fastest available. cudnn_fp8 (cuDNN's FP8 attention) is "
+                         "disabled: its video drifted far from the exact one on an H100 (bench/RESULTS.md)",
     "fast_threshold": "EXPERIMENTAL fast mode, off (0) by default: skip the DiT after its first block on steps "
                       "whose first-block change is below this (e.g. 0.1; larger skips more). Faster, and the video "
                       "differs from the exact one; bench/RESULTS.md reports speed and drift",
@@ -231,7 +230,8 @@ def build_parser(mode: str = "video2world") -> argparse.ArgumentParser:
                 if choices is not None:
                     kwargs["choices"] = choices
                     kwargs["type"] = type(choices[0])
-                    kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+                    offered = [c for c in choices if c not in DISABLED_CHOICES.get(name, ())]
+                    kwargs["metavar"] = "{" + ",".join(map(str, offered)) + "}"
                 else:
                     kwargs["type"] = _base_type(info.annotation)
                     kwargs["metavar"] = name.upper()

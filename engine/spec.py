@@ -34,6 +34,11 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 Mode = Literal["video2world", "lvg", "bestofn"]
 
+# Set to 1 by bench/bench_e2e.py --fp8_attention: lets a spec ask for the disabled "cudnn_fp8" attention.
+UNSAFE_FP8_ATTENTION_ENV = "COSMOS_TUI_UNSAFE_FP8_ATTENTION"
+# Choices a field's type still names (an old preset with one gets the validator's reason, not "unknown value")
+# but that menus and --help no longer offer.
+DISABLED_CHOICES = {"attention_backend": ("cudnn_fp8",)}
 SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 SLURM_TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
@@ -96,7 +101,8 @@ class GenerationSpec(BaseModel):
     # torch.compile the DiT blocks on CUDA: 1.17x per step on H100 at 720p (bench/RESULTS.md); the first
     # job of a warm engine pays the compilation (20-60 s). Ignored on CPU.
     compile_dit: bool = True
-    # "cudnn_fp8": EXPERIMENTAL, cuDNN's Sage FP8 attention for self-attention (engine/models/cudnn_bsa.py)
+    # "cudnn_fp8": cuDNN's Sage FP8 attention for self-attention (engine/models/cudnn_bsa.py), refused unless
+    # UNSAFE_FP8_ATTENTION_ENV is set: see _fp8_attention
     attention_backend: Literal["auto", "sdpa", "cudnn", "flash", "math", "fa4", "natten", "cudnn_fp8"] = "auto"
     # experimental fast mode (engine/step_cache.py): skip the DiT after its first block on denoiser calls
     # whose first-block residual moved less than this; 0 = the exact path. Changes the result.
@@ -143,6 +149,19 @@ class GenerationSpec(BaseModel):
     def _aspect(cls, v: str) -> str:
         if v not in ASPECT_RATIOS:
             raise ValueError(f"{v!r} is not a known aspect ratio; use one of {', '.join(ASPECT_RATIOS)}")
+        return v
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _fp8_attention(cls, v: str) -> str:
+        # Measured on an H100 (2026-12-07, bench/RESULTS.md): 10% off the 2B dense step, and the 6-step video
+        # came out unrelated to the exact one (latent drift 0.88, PSNR 0.4 dB) while the kernel alone matched
+        # the FP8 format's error on test inputs. Until bench/bench_fp8_attention.py finds why, a user cannot
+        # ask for it; a benchmark can, to find out.
+        if v == "cudnn_fp8" and os.environ.get(UNSAFE_FP8_ATTENTION_ENV) != "1":
+            raise ValueError("cudnn_fp8 is disabled: on an H100 its video drifted far from the exact one "
+                             "(bench/RESULTS.md, 2026-12-07) for 10% less step time, and the cause is not found yet; "
+                             f"use auto ({UNSAFE_FP8_ATTENTION_ENV}=1 lets a benchmark run it anyway)")
         return v
 
     @field_validator("guidance")

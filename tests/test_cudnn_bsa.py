@@ -182,10 +182,38 @@ def test_natten_impl_by_name_needs_a_usable_device():
         attention_mod.natten_attention(q, k, v, GRID, params, impl="cudnn")
 
 
-def test_loading_refuses_the_fp8_backend_where_it_cannot_run():
-    from engine.pipeline import Video2WorldPipeline
-    from engine.spec import GenerationSpec
+def test_a_spec_cannot_ask_for_the_disabled_fp8_attention(monkeypatch):
+    """Disabled after its first GPU run (bench/RESULTS.md 2026-12-07): refused when submitted, naming the field,
+    the reason and the way back; only a benchmark's environment variable lets it through."""
+    from engine.spec import UNSAFE_FP8_ATTENTION_ENV, GenerationSpec, SpecError, spec_from_dict
 
+    monkeypatch.delenv(UNSAFE_FP8_ATTENTION_ENV, raising=False)
+    with pytest.raises(SpecError, match=r"attention_backend: .*cudnn_fp8 is disabled.*drifted.*use auto"):
+        spec_from_dict({"model_size": "tiny", "attention_backend": "cudnn_fp8"})
+    assert GenerationSpec(model_size="tiny", attention_backend="cudnn").attention_backend == "cudnn"
+    monkeypatch.setenv(UNSAFE_FP8_ATTENTION_ENV, "1")
+    assert GenerationSpec(model_size="tiny", attention_backend="cudnn_fp8").attention_backend == "cudnn_fp8"
+
+
+def test_menus_and_help_do_not_offer_it_and_the_cli_says_why(monkeypatch, capsys):
+    from cosmos_tui.screens.preset_editor import field_kind
+    from engine import cli_args
+    from engine.spec import UNSAFE_FP8_ATTENTION_ENV
+
+    monkeypatch.delenv(UNSAFE_FP8_ATTENTION_ENV, raising=False)
+    kind, choices = field_kind("attention_backend")
+    assert kind == "choice" and "cudnn_fp8" not in choices and {"auto", "cudnn", "fa4"} <= set(choices)
+    assert "{auto,sdpa,cudnn,flash,math,fa4,natten}" in cli_args.build_parser().format_help()
+    assert cli_args.main("video2world", ["--attention_backend", "cudnn_fp8"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "attention_backend" in err[0] and "disabled" in err[0] and "use auto" in err[0], err
+
+
+def test_loading_refuses_the_fp8_backend_where_it_cannot_run(monkeypatch):
+    from engine.pipeline import Video2WorldPipeline
+    from engine.spec import UNSAFE_FP8_ATTENTION_ENV, GenerationSpec
+
+    monkeypatch.setenv(UNSAFE_FP8_ATTENTION_ENV, "1")
     pipe = Video2WorldPipeline(GenerationSpec(model_size="tiny", attention_backend="cudnn_fp8"), device=torch.device("cpu"))
     with pytest.raises(ValueError, match=r"attention_backend: cudnn_fp8 \(experimental\): .*NVIDIA GPUs only; use auto"):
         pipe.load()
