@@ -236,6 +236,8 @@ def build_parser(mode: str = "video2world") -> argparse.ArgumentParser:
                     kwargs["type"] = _base_type(info.annotation)
                     kwargs["metavar"] = name.upper()
                 kwargs["help"] = f"{help_text} (default: {_fmt_default(default)})"
+            # argparse %-formats help strings: a measured "9%" (or a default holding one) must reach it as "9%%"
+            kwargs["help"] = kwargs["help"].replace("%", "%%")
             group.add_argument(f"--{name}", **kwargs)
     return parser
 
