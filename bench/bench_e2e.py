@@ -57,8 +57,10 @@ def parse_args(argv=None):
                    help="tiny: a CPU smoke run of this script at toy sizes (checks the script, times nothing real)")
     p.add_argument("--fps", type=int, default=16, choices=[10, 16])
     p.add_argument("--natten", action="store_true", help="ours: the -natten sparse patterns (720p 16:9)")
-    p.add_argument("--natten_impl", default="auto", help="ours: NATTEN implementation (engine/models/attention.py "
-                   "NATTEN_IMPLS: auto, natten, sparse, flex)")
+    from engine.models.attention import NATTEN_IMPLS
+
+    p.add_argument("--natten_impl", default="auto", choices=NATTEN_IMPLS,
+                   help="ours: NATTEN implementation (engine/models/attention.py)")
     p.add_argument("--num_steps", type=int, default=35)
     p.add_argument("--ours_steps", type=int, default=None, help="steps ours really runs (default: all)")
     p.add_argument("--peer", default="diffusers", choices=["diffusers", "none"])
