@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.resolutions import ASPECT_RATIOS
-from engine.spec import DISABLED_CHOICES, GenerationSpec, InputError, SpecError, not_utf8, shorten, spec_from_dict
+from engine.spec import GenerationSpec, InputError, SpecError, not_utf8, offered_choices, shorten, spec_from_dict
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -230,8 +230,7 @@ def build_parser(mode: str = "video2world") -> argparse.ArgumentParser:
                 if choices is not None:
                     kwargs["choices"] = choices
                     kwargs["type"] = type(choices[0])
-                    offered = [c for c in choices if c not in DISABLED_CHOICES.get(name, ())]
-                    kwargs["metavar"] = "{" + ",".join(map(str, offered)) + "}"
+                    kwargs["metavar"] = "{" + ",".join(map(str, offered_choices(name, choices))) + "}"
                 else:
                     kwargs["type"] = _base_type(info.annotation)
                     kwargs["metavar"] = name.upper()

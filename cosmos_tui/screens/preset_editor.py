@@ -14,7 +14,7 @@ from textual.widgets import Footer, Input, Label, Select, Static
 
 from cosmos_tui.screens.form import FormScreen
 from cosmos_tui.widgets.quiet import QuietStatic
-from engine.spec import DISABLED_CHOICES, GenerationSpec, SpecError, spec_from_dict
+from engine.spec import GenerationSpec, SpecError, offered_choices, spec_from_dict
 
 LONG_TEXT = ("prompt", "negative_prompt")
 
@@ -23,7 +23,7 @@ def field_kind(name: str):
     """('choice', values) | ('bool', None) | ('int'|'float'|'str'|'optional-str', None)."""
     ann = GenerationSpec.model_fields[name].annotation
     if typing.get_origin(ann) is typing.Literal:
-        return "choice", tuple(c for c in typing.get_args(ann) if c not in DISABLED_CHOICES.get(name, ()))
+        return "choice", offered_choices(name, typing.get_args(ann))
     if ann is bool:
         return "bool", None
     if ann is int:
