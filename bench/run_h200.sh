@@ -64,7 +64,7 @@ if [ "$part" = J ]; then
     run 200 h200_e2e_2b_natten_v3 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --peer none
     run 170 h200_e2e_14b_natten_v2 bench/bench_e2e.py --model_size 14B --fps 16 --natten --offload_text_encoder --ours_steps 3 --peer none
 fi
-# K (written 2026-12-07, not yet run): the cold first step. With NATTEN through flex + flash-attn-4 it took 48.1 s on
+# K (written 2026-12-07; ran on an H100 in its fourth session, bench/RESULTS.md): the cold first step. With NATTEN through flex + flash-attn-4 it took 48.1 s on
 # an H100 (15.8 s on the gather path): fa4 JIT-compiles its kernels in every new process. fa4 can keep them on disk
 # (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1, read when flash_attn.cute is first imported). Three processes of 3 steps:
 # k1 fills both caches, k2 reads both, k3 has inductor's cache warm but fa4's off, so k2 vs k3 is fa4's disk cache
@@ -79,7 +79,7 @@ if [ "$part" = K ]; then
     done
     du -sh /tmp/fa4_cache | tee "$out/h200_cold_fa4_cache_size.txt"
 fi
-# L (written 2026-12-07, third session; not yet run): torch alone, the .dev1 call. The experimental FP8 linears
+# L (written 2026-12-07, third session; its FP8 rows ran as part Q on an H100, the 14B park not yet): torch alone, the .dev1 call. The experimental FP8 linears
 # (engine/models/fp8.py) layer by layer, bf16 against FP8 at the 2B's and 14B's token counts with the projected
 # saving per step; then part I's 14B park (best-of-N on an 80 GB card), never run.
 if [ "$part" = L ]; then
@@ -91,7 +91,7 @@ fi
 # engine (the second is the warm job, every phase measured), the step cache, FP8 on a second engine with the same
 # weights, and both (the moonshot row), each with its drift against the exact video on the same seed.
 [ "$part" = M ] && run 560 h200_e2e_2b_natten_fp8 bench/bench_e2e.py --model_size 2B --fps 16 --natten --fast 0.1 --fp8 --repeat 2 --peer none
-# N (written 2026-12-07, third session; not yet run): cuDNN frontend's block-sparse attention (engine/models/cudnn_bsa.py,
+# N (written 2026-12-07, third session; ran with --skip_flex on an H100 in the fourth): cuDNN frontend's block-sparse attention (engine/models/cudnn_bsa.py,
 # carried in .dev2 as cudnn_fe.tar.xz), bf16 and Sage FP8, per NATTEN pattern beside the gather path and flex FLASH,
 # and FP8 dense attention beside fa4, each with its error against the gather path / auto. Needs /tmp/site from .dev1+.dev2.
 [ "$part" = N ] && run 240 h200_attention_cudnn bench/bench_attention.py --model_size 2B --fps 16 --cudnn

@@ -56,9 +56,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     backend: "auto" (fastest kernel for the device: flash-attn-4 on Hopper when installed, else cuDNN),
     "sdpa" (torch's own choice), or one forced kernel: "cudnn", "flash", "efficient", "math", "fa4". "natten" is accepted and means dense here: NATTEN needs the
     token grid, which only the self-attention op knows (see `natten_attention`); cross-attention is dense.
-    "cudnn_fp8" (experimental): cuDNN's Sage FP8 kernel (engine/models/cudnn_bsa.py) for self-attention shapes
-    it takes (bf16, head size 128, as many keys as queries, whole blocks of 128), "auto" for the rest
-    (cross-attention's 512 text tokens among them).
+    "cudnn_fp8" (benchmarks only: engine/spec.py refuses it in specs): cuDNN's Sage FP8 kernel
+    (engine/models/cudnn_bsa.py) for self-attention shapes it takes (bf16, head size 128, as many keys as
+    queries, whole blocks of 128), "auto" for the rest (cross-attention's 512 text tokens among them).
     """
     if backend == "natten":
         backend = "auto"
@@ -123,8 +123,8 @@ def fa4_disk_cache_default() -> None:
     fresh engine took 48.1 s on an H100 against 15.8 s on the gather path (bench/RESULTS.md), most likely that
     compilation (not profiled). The cache keeps compiled kernels under /tmp/$USER (or
     FLASH_ATTENTION_CUTE_DSL_CACHE_DIR), keyed by fa4's sources, cutlass and tvm-ffi versions and the GPU
-    arch, under file locks; a cache it cannot use makes it warn and compile in memory as before. What it
-    saves a new engine is not yet measured (bench/run_h200.sh K); FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0
+    arch, under file locks; a cache it cannot use makes it warn and compile in memory as before. Measured on
+    an H100 (bench/run_h200.sh K): a new engine's first step 36.0 -> 15.8 s; FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0
     turns it off."""
     os.environ.setdefault(FA4_CACHE_ENV, "1")
 
@@ -264,8 +264,8 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
 # never chosen. Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on
 # CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
 # "cudnn" / "cudnn_fp8": cuDNN frontend's block-sparse kernels, bf16 / Sage FP8 (cudnn_bsa.py; Hopper, block-
-# aligned patterns only, not measured yet, so chosen only by name); with attention_backend "cudnn_fp8", "auto"
-# also takes "cudnn_fp8" for every pattern it fits.
+# aligned patterns only; bf16 not yet timed against flex + fa4 on one card, so chosen only by name); with
+# attention_backend "cudnn_fp8" (benchmarks only, engine/spec.py), "auto" also takes "cudnn_fp8" where it fits.
 NATTEN_IMPLS = ("auto", "natten", "sparse", "flex", "flex_flash", "cudnn", "cudnn_fp8")
 FLASH = {"BACKEND": "FLASH"}
 

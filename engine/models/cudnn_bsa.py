@@ -11,9 +11,11 @@ five 2B patterns at 720p16): exactly the fixed-count, full-block case these kern
 flex + flash-attn-4 ran those layers at ~540 TFLOP/s against ~660 for dense attention (bench/RESULTS.md); a
 kernel built for lists of full blocks may close part of that, and FP8 is the one lever left for the dense
 models' attention (the bf16 kernels are at their floor there). Dense attention is the pattern "every key
-block", so the FP8 kernel serves it too. Not measured yet: bench/bench_attention.py `--cudnn` times both
-against the current paths and checks them against the gather path on the GPU; nothing selects this path
-unless asked for (natten_impl "cudnn" / "cudnn_fp8", attention_backend "cudnn_fp8").
+block", so the FP8 kernel serves it too. Measured on an H100 (bench/RESULTS.md, 2026-12-07): bf16 matches the
+gather path to bf16 rounding on every 2B pattern, 973 ms for the 28 NATTEN layers (gather path 1343; not yet
+timed against flex + fa4 on one card); FP8 gains nothing there and 1.10x on dense attention, and its 2B dense
+video came out wrong end to end (cause not found), so specs cannot ask for attention_backend "cudnn_fp8"
+(engine/spec.py). Nothing selects this path unless asked for (natten_impl "cudnn" / "cudnn_fp8" by name).
 
 Layout: q, k, v [B, T, H, W, N, D] for the sparse calls (as flex_natten), [B, L, N, D] for dense.
 """
