@@ -113,3 +113,11 @@ if [ "$part" = Q ]; then
     run 80 h200_fp8_gemms_2b bench/bench_fp8.py --model_size 2B
     run 90 h200_fp8_gemms_14b bench/bench_fp8.py --model_size 14B
 fi
+# R (2026-12-08): the .dev2 call of a short session. First cuDNN's bf16 block-sparse kernel against auto (flex +
+# fa4) end to end on one card (6 steps each, the per-step time decides auto's NATTEN choice), then why cuDNN's FP8
+# attention wrecked the 2B dense video (per layer on the DiT's own activations, eager and compiled).
+if [ "$part" = R ]; then
+    run 150 h200_e2e_2b_natten_cudnn bench/bench_e2e.py --model_size 2B --fps 16 --natten --natten_impl cudnn --ours_steps 6 --peer none
+    run 150 h200_e2e_2b_natten_auto bench/bench_e2e.py --model_size 2B --fps 16 --natten --natten_impl auto --ours_steps 6 --peer none
+    run 230 h200_fp8_attention_layers bench/bench_fp8_attention.py --model_size 2B --compile
+fi
