@@ -67,7 +67,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if backend == "cudnn_fp8":
         return _fp8_or_auto(q, k, v)
     if backend == "fa4" or (backend == "auto" and q.is_cuda and _fa4_preferred(q.device)):
-        return _fa4(q, k, v)
+        return fa4_attention(q, k, v)
     with _kernel_context(backend, q.device):
         return _sdpa(q, k, v)
 
@@ -140,17 +140,32 @@ def auto_kernel(device: torch.device) -> str:
     return "cudnn" if torch.cuda.get_device_capability(device)[0] in (9, 10) else "flash"
 
 
-def _fa4(q, k, v):
+def _fa4_kernel(q, k, v):
     """flash-attn-4 (CuTe DSL; optional, `pip install flash-attn-4`): Hopper/Blackwell only, [B, L, N, D] in."""
+    if not q.is_cuda:
+        raise RuntimeError("attention_backend: fa4 runs on NVIDIA GPUs only; use auto on the CPU")
     try:
         fa4_disk_cache_default()
         from flash_attn.cute import flash_attn_func
     except ImportError as err:
         raise RuntimeError(f"attention_backend: fa4 needs the flash-attn-4 package ({err}); use auto") from None
-    if not q.is_cuda:
-        raise RuntimeError("attention_backend: fa4 runs on NVIDIA GPUs only; use auto on the CPU")
     out = flash_attn_func(q, k, v)
     return out[0] if isinstance(out, tuple) else out
+
+
+# A custom op, so that dynamo sees fa4 as one opaque kernel inside the compiled blocks (cross-attention and
+# dense self-attention). Traced as plain Python, fa4's host wrapper (config lookups under lru_cache, pickling,
+# DLPack wrappers) broke each block into several graphs and had dynamo compile fragments of fa4's own code
+# (the "resume_in__flash_attn_fwd" warnings of bench/results/h100_cold_k1.log) on every new engine.
+@torch.library.custom_op("cosmos_tui::fa4_attention", mutates_args=())
+def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # contiguous: what the fake below promises inductor, which plans the ops after it on those strides
+    return _fa4_kernel(q, k, v).contiguous()
+
+
+@fa4_attention.register_fake
+def _(q, k, v):
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
 def _sdpa(q, k, v):
