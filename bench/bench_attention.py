@@ -18,7 +18,6 @@ refuses the shape, a missing package, a torch without the option) gets a row say
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.save import save_json  # noqa: E402
 from engine.models.attention import adapt_natten_params, attention, natten_table  # noqa: E402
 from engine.models.sparse_attention import neighborhood_attention  # noqa: E402
 from bench.bench_video2world import cuda_time  # noqa: E402
@@ -282,8 +282,7 @@ def main(argv=None):
                      f"{dense_layer * len(table) / total:.2f}x" if total == total and total > 0 else "n/a", ""))
     if "flex_compiled_graphs" in res:
         rows.append(("flex: compiled graphs of flex_attention", f"{res['flex_compiled_graphs']}", "", ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    save_json(args.json, res)
     print(f"\n| {args.model_size} {T}x{H}x{W} tokens={L} heads={N} batch={args.batch} on {name} "
           f"| ms | TFLOP/s | max abs err vs gather |")
     print("|---|---|---|---|")

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_e2e import INPUT, PROMPT, random_pipeline, t5_11b_encoder  # noqa: E402
 from bench.bench_video2world import gib, random_weights_  # noqa: E402
+from bench.save import save_json  # noqa: E402
 
 REAL_VOCAB = 152064
 REAL_HIDDEN = 3584
@@ -105,10 +106,8 @@ def main(argv=None):
                            "peak_gib": round(gib(torch.cuda.max_memory_allocated()), 2),
                            "allocated_after_gib": round(gib(torch.cuda.memory_allocated()), 2)})
             print(json.dumps(phases[-1]), flush=True)
-            if args.json:  # phase by phase: a run cut by its time limit still leaves what it measured
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps({"model_size": args.model_size, "partial": True,
-                                                       "phases": phases}, indent=2))
+            # phase by phase: a run cut by its time limit still leaves what it measured
+            save_json(args.json, {"model_size": args.model_size, "partial": True, "phases": phases})
             return out
         return wrapper
 
@@ -150,9 +149,7 @@ def main(argv=None):
     print(f"\npeak: generation {gen_peak:.1f} GiB, critic {critic_peak:.1f} GiB with the generator offloaded "
           f"({res['generator_gib_moved']:.1f} GiB moved); without the offload the critic phase would peak at "
           f"{res['critic_peak_without_offload_gib']:.1f} GiB")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    save_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_video2world import build_peer, gib, random_weights_  # noqa: E402
+from bench.save import save_json  # noqa: E402
 
 INPUT = ROOT / "assets" / "video2world" / "input0.jpg"
 PROMPT = ("A robotic arm in a bright workshop lifts a red cup from a wooden table and places it on a shelf, "
@@ -328,14 +329,14 @@ def main(argv=None):
             print("(diffusers has no NATTEN: its row is the dense model)", flush=True)
         res["peer"] = run_peer(args, t5, tok, dit_config(args.model_size, False), device, dtype, w, h, frames, out_dir)
         print("peer", json.dumps({k: v for k, v in res["peer"].items() if k != "step_seconds"}), flush=True)
-        save(args.json, res)
+        save_json(args.json, res)
         gc.collect()
         if not tiny:
             torch.cuda.empty_cache()
 
     def show(key):
         print(key, json.dumps({k: v for k, v in res[key].items() if k != "step_seconds"}), flush=True)
-        save(args.json, res)
+        save_json(args.json, res)
 
     res["ours"], exact, pipe = run_ours(args, t5, tok, device, dtype, out_dir)
     show("ours")
@@ -390,16 +391,8 @@ def main(argv=None):
         res["speedup_cold"] = res["peer"]["total_s"] / res["ours"]["total_s"]
         res["speedup_warm"] = res["peer"]["total_s"] / res.get("ours_warm", res["ours"])["warm_total_s"]
         print(f"\nours vs diffusers end to end: {res['speedup_cold']:.2f}x cold, {res['speedup_warm']:.2f}x warm")
-    save(args.json, res)
+    save_json(args.json, res)
     return res
-
-
-def save(path, res):
-    """Writes what is measured so far: a device call's time limit can cut the script between two runs, and the
-    rows already measured must still come back (the summary keys are added at the end)."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(res, indent=2, default=str))
 
 
 if __name__ == "__main__":

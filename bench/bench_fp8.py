@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_attention import timed  # noqa: E402  (median ms after one warm-up call, CUDA events on the GPU)
+from bench.save import save_json  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -119,9 +120,7 @@ def main(argv=None):
         print(f"| {r['layer']} ({r['K']} x {r['N']}) | {r['per_block']} | {cell(r, 'bf16')} | {cell(r, 'fp8_gemm')} | "
               f"{fast} | {cell(r, 'fp8_layer')} | {r['bf16_rel_err']:.1e} / {r['fp8_layer_rel_err']:.1e} |")
     print(f"\nprojected saving per CFG step ({cfg.num_blocks} blocks): {res['projected_saving_per_step_s']:.3f} s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    save_json(args.json, res)
     return res
 
 

@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.save import save_json  # noqa: E402
 E4M3_MAX = 448.0
 
 
@@ -165,9 +166,7 @@ def main(argv=None):
     for r in res["layers"]:
         print(f"| {r['layer']} | {r.get('fp8_rel', float('nan')):.2e} | {r.get('fp8_vs_fp32_sample_rel', float('nan')):.2e} | {r['emulated_rel']:.2e} | {r['auto_rel']:.2e} | "
               f"{r['logit_std']:.2f} | {r['logit_absmax']:.1f} | {r['q_rms']:.2f} | {r['k_rms']:.2f} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    save_json(args.json, res)
     return res
 
 

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_video2world import random_weights_  # noqa: E402
+from bench.save import save_json  # noqa: E402
 
 
 def build(model_size: str, device, dtype):
@@ -113,10 +114,8 @@ def main(argv=None):
     for r in rows:
         print(f"| {r['way']} | {r['step']} | {r['seconds']:.3f} | {r['gb_per_s']:.1f} |")
     parking.close()
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "model_size": args.model_size, "bytes": n_bytes,
-                                               "pinned": pinned, "rows": rows}, indent=2))
+    save_json(args.json, {"gpu": gpu, "model_size": args.model_size, "bytes": n_bytes, "pinned": pinned,
+                           "rows": rows})
 
 
 if __name__ == "__main__":

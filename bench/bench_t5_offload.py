@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_e2e import t5_11b_encoder  # noqa: E402
+from bench.save import save_json  # noqa: E402
 
 
 def main(argv=None):
@@ -71,9 +72,7 @@ def main(argv=None):
     print("| way | s per new prompt |\n|---|---|")
     for r in rows:
         print(f"| {r['way']} | {r['seconds']:.3f} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "bytes": n_bytes, "rows": rows}, indent=2))
+    save_json(args.json, {"gpu": gpu, "bytes": n_bytes, "rows": rows})
 
 
 if __name__ == "__main__":

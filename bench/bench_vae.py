@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_attention import timed  # noqa: E402  (milliseconds: CUDA events, or wall clock off CUDA)
 from bench.bench_video2world import free, gib, random_weights_  # noqa: E402
+from bench.save import save_json  # noqa: E402
 from engine.models.vae import WanVAE, vae_config  # noqa: E402
 
 
@@ -79,9 +80,7 @@ def main(argv=None):
     print("| variant | what | s | peak GiB |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['what']} | {r['seconds']:.3f} | {r['peak_gib']} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=2))
+    save_json(args.json, {"gpu": gpu, "torch": torch.__version__, "rows": rows})
 
 
 VARIANTS = ("default", "cudnn.benchmark", "benchmark + channels_last_3d")

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.save import save_json  # noqa: E402
 from engine import resolutions  # noqa: E402
 from engine.models.dit import MiniTrainDIT, dit_config  # noqa: E402
 
@@ -334,9 +335,7 @@ def time_vae(args, latent, device, dtype, w, h, frames) -> dict:
 
 
 def write_and_print(args, res) -> None:
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+    save_json(args.json, res)
     rows = []
     for side, name in (("ours", "ours"), ("peer", "diffusers")):
         if side not in res:

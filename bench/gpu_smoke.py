@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.save import save_json  # noqa: E402
 from engine import io  # noqa: E402
 from engine.pipeline import Video2WorldPipeline  # noqa: E402
 from engine.spec import GenerationSpec  # noqa: E402
@@ -88,8 +89,7 @@ def main():
         assert out[key]["finite"] and rel < 0.1, f"{key}: GPU result is off ({rel})"
     out["real_2b_720p"] = real_size(args.steps)
     print("real_2b_720p", json.dumps(out["real_2b_720p"]), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    save_json(args.json, out)
 
 
 if __name__ == "__main__":
