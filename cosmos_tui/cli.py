@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import time
 import typing
@@ -600,23 +599,9 @@ def run(
 @friendly
 def demo() -> None:
     """Queue a tiny CPU job (the tiny-cpu preset) and open the TUI."""
-    jid = Client.connect().submit(_demo_save_path("tiny-cpu"), preset="tiny-cpu")
+    jid = Client.connect().submit({}, preset="tiny-cpu")
     typer.echo(f"queued job {jid} (tiny-cpu)")
     _open_tui()
-
-
-def _demo_save_path(preset: str) -> dict:
-    """The demo's spec changes: none while the preset's save_path is free, else the first free `-2`, `-3`...
-    beside it. The queue refuses to overwrite a file no job of it wrote, and a demo video left by a queue
-    that was since cleared (or by another user of this checkout) would otherwise stop `./go` from opening
-    the TUI; the demo's output is ours to name, so it takes a new name instead of overwriting."""
-    path = _presets().load_preset(preset).spec.save_path
-    root, ext = os.path.splitext(path)
-    n, free = 1, path
-    while os.path.lexists(free):
-        n += 1
-        free = f"{root}-{n}{ext}"
-    return {} if free == path else {"save_path": free}
 
 
 # -- presets --

@@ -326,8 +326,11 @@ class Store:
                 for spec, cwd in self.db.execute("SELECT spec, cwd FROM jobs")}
 
     def _next_id(self) -> int:
-        row = self.db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()
-        return int(row[0])
+        # AUTOINCREMENT never reuses an id, not even a removed job's: the next one is past the highest ever
+        # given (sqlite_sequence), not past the highest still in the table
+        row = self.db.execute("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0) + 1, "
+                              "COALESCE(MAX(id), 0) + 1 FROM jobs").fetchone()
+        return max(int(row[0]), int(row[1]))
 
     def _place(self, job_id: int, priority: int, front: bool) -> None:
         """Queue order is `position` alone; priority only decides where a new job goes in."""
@@ -559,11 +562,13 @@ def _resolved_save_path(spec: dict, cwd: str | None) -> str:
 
 
 def _distinct_save_path(spec: dict, cwd: str | None, taken: set[str], job_id: int) -> dict:
-    """`spec` with a save_path no other job claims (adds `-job<id>`), recording the claim in `taken`."""
+    """`spec` with a save_path no other job claims and no file holds unless overwrite is asked for (adds
+    `-job<id>`), recording the claim in `taken`. A file already there is a removed job's video or anyone's:
+    kept either way (a path the user named over such a file was refused before it got here)."""
     path = _resolved_save_path(spec, cwd)
     root, ext = os.path.splitext(spec.get("save_path") or "")
     n = 0
-    while path in taken:
+    while path in taken or (not spec.get("overwrite") and os.path.isfile(path)):
         n += 1
         candidate = f"{root}-job{job_id}{ext}" if n == 1 else f"{root}-job{job_id}-{n}{ext}"
         spec = {**spec, "save_path": candidate}

@@ -278,19 +278,18 @@ def test_a_batch_file_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
         batch_items(batch)
 
 
-def test_demo_takes_a_new_name_beside_a_video_the_queue_did_not_write(daemon, tmp_path, monkeypatch, wait_until):
+def test_demo_is_queued_beside_a_video_the_queue_did_not_write(daemon, tmp_path, monkeypatch):
     # ./go queues the demo when the queue has no demo job; a cleared queue (or another user of the checkout)
-    # leaves output/tiny.mp4 behind, which the queue refuses to overwrite: the demo must still be queued
+    # leaves output/tiny.mp4 behind, which must neither stop the demo nor be overwritten by it
     from cosmos_tui import cli as cli_module
 
     opened = []
     monkeypatch.setattr(cli_module, "_open_tui", lambda: opened.append(True))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "output").mkdir()
-    for name in ("tiny.mp4", "tiny-2.mp4"):
-        (tmp_path / "output" / name).write_bytes(b"an earlier demo's video")
+    (tmp_path / "output" / "tiny.mp4").write_bytes(b"an earlier demo's video")
     out = cli("demo").output
     assert opened == [True] and "queued job" in out
     (job,) = daemon.jobs()
-    assert job["spec"]["save_path"] == "output/tiny-3.mp4"
+    assert job["spec"]["save_path"] == f"output/tiny-job{job['id']}.mp4"
     assert (tmp_path / "output" / "tiny.mp4").read_bytes() == b"an earlier demo's video"

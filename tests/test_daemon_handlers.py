@@ -152,6 +152,32 @@ def test_clean_removes_finished_jobs_or_only_failed_ones(d):
     assert h.op_clean(d, {}) == []
 
 
+def test_a_presets_path_over_a_file_no_job_wrote_gets_a_fresh_name_a_named_one_is_refused(d, monkeypatch):
+    """Submitting a preset again after its job was removed (its video still on disk) must not dead-end: the
+    TUI's form has no save_path to change. Only a path the user named is refused; nothing is overwritten."""
+    import cosmos_tui.daemon.handlers as handlers
+
+    real = handlers.resolve_spec
+    # a preset whose save_path is out.mp4 (the overrides below do not name one)
+    monkeypatch.setattr(handlers, "resolve_spec",
+                        lambda overrides, preset, *a: real({"save_path": "out.mp4", **(overrides or {})}, None, *a))
+    (d.cwd / "in.jpg").write_bytes(b"\xff\xd8\xff fake jpeg")
+    first = h.op_submit(d, {"spec": {"prompt": "a", "input_path": "in.jpg"}, "preset": "p", "cwd": str(d.cwd)})
+    assert h.op_job(d, {"job": first})["spec"]["save_path"] == "out.mp4"
+    (d.cwd / "out.mp4").write_bytes(b"the first video")
+    h.op_cancel(d, {"job": first})
+    h.op_remove(d, {"jobs": [first]})
+    again = h.op_submit(d, {"spec": {"prompt": "a", "input_path": "in.jpg"}, "preset": "p", "cwd": str(d.cwd)})
+    assert h.op_job(d, {"job": again})["spec"]["save_path"] == f"out-job{again}.mp4"
+    with pytest.raises(SubmitError, match="save_path: 'out.mp4' already exists and no job wrote it"):
+        h.op_submit(d, {"spec": {"prompt": "a", "input_path": "in.jpg", "save_path": "out.mp4"}, "preset": "p",
+                        "cwd": str(d.cwd)})
+    named = h.op_submit(d, {"spec": {"prompt": "a", "input_path": "in.jpg", "save_path": "out.mp4",
+                                     "overwrite": True}, "preset": "p", "cwd": str(d.cwd)})
+    assert h.op_job(d, {"job": named})["spec"]["save_path"] == "out.mp4"  # asked to overwrite: its own path
+    assert (d.cwd / "out.mp4").read_bytes() == b"the first video"
+
+
 def test_edit_changes_a_queued_jobs_spec_checked_like_a_submit(d):
     a = submit(d, prompt="a", num_steps=3)
     h.op_hold(d, {"job": a})

@@ -38,7 +38,10 @@ def _job_id(d, req: dict) -> int:
 def _checked(d, overrides, preset: str | None, cwd: str | None, claimed: set[str], source: str = "") -> dict:
     spec = resolve_spec(overrides, preset, d.gpu_count, source)
     check_inputs(spec, cwd, source)
-    check_save_path(spec, cwd, claimed, source)
+    if isinstance(overrides, dict) and "save_path" in overrides:
+        # a path the user named is refused over a file no job wrote; the preset's path is not theirs to
+        # fix from the TUI's form (it has no save_path field), so the store gives it a fresh name instead
+        check_save_path(spec, cwd, claimed, source)
     check_gpu_memory(spec, d.gpu_totals, source)
     check_checkpoints(spec, cwd, source)
     return spec
