@@ -70,7 +70,7 @@ GROUPS: list[tuple[str, list[str]]] = [
 ]
 
 HELP: dict[str, str] = {
-    "overwrite": "replace a file at --save_path that no queued job wrote (the queue refuses it otherwise)",
+    "overwrite": "replace a file at --save_path that no queued job wrote (else a named path is refused, a preset's renamed)",
     "model_size": "model: 2B or 14B checkpoints, or tiny (toy sizes, seeded random weights, runs on a CPU, no download)",
     "resolution": "output resolution class; the pixel size follows from it and --aspect_ratio",
     "fps": "16 fps models make 93-frame clips, 10 fps models 61 frames",

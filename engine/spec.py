@@ -91,7 +91,8 @@ class GenerationSpec(BaseModel):
     num_steps: int = Field(35, ge=1, le=1000)
     # outputs
     save_path: str = "output/generated_video.mp4"
-    # replace a file at save_path that no job of the queue wrote (the queue refuses it otherwise)
+    # replace a file at save_path that no job of the queue wrote (the queue otherwise refuses a save_path the
+    # user named, and gives a preset's one a fresh -job<id> name)
     overwrite: bool = False
     # runtime
     num_gpus: int = Field(1, ge=1, le=64)
