@@ -231,6 +231,23 @@ async def test_filter_by_state(fake):
 # -- job detail --
 
 
+async def test_a_job_without_gpu_memory_samples_draws_no_memory_plot(fake):
+    a = fake.submit({"prompt": "on the cpu"}, preset="tiny-cpu")
+    fake.start(a)
+    fake.step(a, 0.4)  # a CPU job: steps, no memory events
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
+        table(app).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: getattr(app.screen, "job_id", None) == a, what="job screen")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.step_seconds == [0.4], what="the step event")
+        assert not screen.query_one("#spark-mem", Sparkline).display
+        assert "GPU memory" not in screen_text(app)
+        assert screen.query_one("#spark-step", Sparkline).display
+
+
 async def test_job_detail_progress_plots_and_log(fake):
     a = fake.submit({"prompt": "waves"}, preset="tiny-cpu")
     fake.start(a)
@@ -247,7 +264,7 @@ async def test_job_detail_progress_plots_and_log(fake):
         await refreshed(pilot)
         await wait_for(pilot, lambda: screen.step_seconds == [0.4, 0.6], what="second step event")
         assert list(screen.query_one("#spark-step", Sparkline).data) == [0.4, 0.6]
-        assert screen.memory_gib == [1.0, 2.0]
+        assert screen.memory_gib == [1.0, 2.0] and screen.query_one("#spark-mem", Sparkline).display
         text = str(screen.query_one("#job-progress", Static).render())
         # the daemon's running mean, 0.7 * 0.4 + 0.3 * 0.6 (the old fake showed the last step's 0.60)
         assert "step 2/4" in text and "0.46 s/step" in text

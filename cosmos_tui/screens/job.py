@@ -97,8 +97,11 @@ class JobScreen(QuietBackground, Screen):
                     yield QuietStatic(id="job-phases", markup=False)
                     yield QuietStatic("seconds per step", classes="plot-label", markup=False)
                     yield Sparkline([], id="spark-step")
-                    yield QuietStatic("GPU memory allocated (GiB)", classes="plot-label", markup=False)
-                    yield Sparkline([], id="spark-mem")
+                    mem_label = QuietStatic("GPU memory allocated (GiB)", classes="plot-label", markup=False)
+                    mem_plot = Sparkline([], id="spark-mem")
+                    mem_label.display = mem_plot.display = False  # until a GPU memory sample arrives
+                    yield mem_label
+                    yield mem_plot
                     yield QuietStatic(id="job-outputs", markup=False)
             with TabPane("Log", id="tab-log"):
                 yield LogView(id="job-log")
@@ -180,6 +183,8 @@ class JobScreen(QuietBackground, Screen):
         if self.memory_gib:
             mem_label.update(f"GPU memory allocated: last {self.memory_gib[-1]:.2f} GiB, "
                              f"max {max(self.memory_gib):.2f} GiB")
+        # a job on the CPU reports no GPU memory: no empty plot for it (shown from the first sample on)
+        mem_label.display = self.query_one("#spark-mem", Sparkline).display = bool(self.memory_gib)
 
     # -- tabs and log search --
 
