@@ -40,8 +40,20 @@ needs_pipeline = pytest.mark.skipif(not _pipeline_present(), reason="the tiny pi
                                     "engine.checkpoints.build_dit) is not there yet")
 
 
+# A tmux server of this test process's own (-L): the user's tmux sessions, and a `tmux kill-server` typed in
+# one of them while the suite runs, stay apart from ours (that kill once emptied a test's screen mid-run).
+SOCKET = f"cosmos-tui-test-{os.getpid()}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_tmux_server():
+    yield
+    if shutil.which("tmux"):
+        subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True)
+
+
 def _tmux(*args: str, check: bool = True) -> str:
-    out = subprocess.run(["tmux", *args], capture_output=True, text=True, check=check)
+    out = subprocess.run(["tmux", "-L", SOCKET, *args], capture_output=True, text=True, check=check)
     return out.stdout
 
 
