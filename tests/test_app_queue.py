@@ -165,3 +165,12 @@ async def test_a_job_that_runs_after_another_says_so_until_that_one_is_done(fake
         fake.finish(a)
         await refreshed(pilot)
         await wait_for(pilot, lambda: cell(app, b, "progress") == "#1 in queue", what="free to run")
+
+
+def test_the_status_line_names_what_needs_the_user_first():
+    # a narrow terminal cuts the line's end (an ellipsis): failed and interrupted jobs must not be what is cut
+    from cosmos_tui.screens.queue import status_text
+
+    jobs = {i: {"state": s} for i, s in enumerate(["done"] * 3 + ["queued", "running", "failed", "interrupted"])}
+    line = status_text({}, jobs, None)
+    assert line.endswith("1 failed, 1 interrupted, 1 running, 1 queued, 3 done"), line

@@ -22,7 +22,8 @@ def status_text(queue: dict, jobs: dict, state_filter: str | None, text_filter: 
         head = f"PAUSED: {queue.get('reason') or 'paused'}"
     else:
         head = "running"
-    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "done", "failed", "interrupted") if counts.get(s)]
+    # what needs the user first: a narrow terminal cuts the end of the line
+    parts = [f"{counts[s]} {s}" for s in ("failed", "interrupted", "running", "queued", "done") if counts.get(s)]
     shown = f"filter: {state_filter}" if state_filter else "filter: all"
     if text_filter:
         shown += " · find: " + "".join(c if c.isprintable() else "?" for c in text_filter)
