@@ -644,6 +644,7 @@ def presets_new(
     base: Optional[str] = typer.Option(None, "--from", metavar="PRESET", help="Start from this preset."),
     set_: List[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Fields to change, e.g. --set fps=10"),
     description: str = typer.Option("", "--description", "-d", metavar="TEXT", help="One line shown by `presets list`."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite a user preset of the same name."),
 ) -> None:
     """Save a user preset: a base preset plus --set changes.
 
@@ -653,8 +654,15 @@ def presets_new(
     """
     presets = _presets()
     spec = _resolve_local(base, parse_sets(set_))
+    existing = presets.preset_paths().get(name)
+    origin = existing and presets.preset_source(existing)
+    # "new" must not silently write over a preset the user made (a typo'd name would lose its edits)
+    if origin == "user" and not replace:
+        raise presets.PresetError(f"name: {name!r} is already your preset ({existing}); choose another name, "
+                                  f"or pass --replace to overwrite it")
     path = presets.save_user_preset(name, spec, description)
-    typer.echo(f"saved {path}")
+    typer.echo(f"saved {path}" + (f" (in place of the shipped {name}, which `presets list` no longer shows)"
+                                  if origin == "shipped" else ""))
 
 
 def main() -> None:

@@ -95,7 +95,8 @@ def preset_paths() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def _source(path: Path) -> str:
+def preset_source(path: Path) -> str:
+    """"user" for a file in the user's preset folder, else "shipped"."""
     try:
         path.resolve().relative_to(user_preset_dir().resolve())
         return "user"
@@ -146,7 +147,7 @@ def _parse_file(path: Path) -> Preset:
         spec = spec_from_dict(overrides, source=where)
     except SpecError as err:
         raise PresetError(str(err)) from None
-    return Preset(name=name, description=description, path=path, source=_source(path), spec=spec,
+    return Preset(name=name, description=description, path=path, source=preset_source(path), spec=spec,
                   overrides=overrides)
 
 
@@ -171,7 +172,7 @@ def list_presets() -> list[Preset]:
         try:
             out.append(_parse_file(path))
         except PresetError as err:
-            out.append(Preset(name=clean_text(name), description="", path=path, source=_source(path), spec=None,
+            out.append(Preset(name=clean_text(name), description="", path=path, source=preset_source(path), spec=None,
                               error=str(err)))
     return out
 

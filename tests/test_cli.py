@@ -145,6 +145,15 @@ def test_presets_list_show_new(tmp_path):
     res = cli("presets", "new", "bad", "--set", "fps=11", ok=False)
     assert res.exit_code == 2 and "fps" in res.output
 
+    # "new" does not write over the user's own preset by accident; --replace does, on purpose
+    res = cli("presets", "new", "my-tiny", "--from", "2b-720p16", ok=False)
+    assert res.exit_code == 2 and "'my-tiny' is already your preset" in res.output and "--replace" in res.output
+    assert '"seed": 5' in cli("presets", "show", "my-tiny").output
+    cli("presets", "new", "my-tiny", "--from", "tiny-cpu", "--set", "seed=6", "--replace")
+    assert '"seed": 6' in cli("presets", "show", "my-tiny").output
+    # a user preset may take a shipped one's name; the output says it now hides the shipped one
+    assert "in place of the shipped tiny-cpu" in cli("presets", "new", "tiny-cpu", "--from", "tiny-cpu").output
+
 
 @pytest.mark.slow
 def test_run_in_the_foreground_with_the_tiny_profile(tmp_path, monkeypatch):
