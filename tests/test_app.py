@@ -421,6 +421,32 @@ async def test_duplicate_and_queue_from_a_preset(fake):
         assert app.screen.preset_name == "2b-480p10"
 
 
+async def test_saving_a_duplicate_over_another_of_the_users_presets_asks_first(fake):
+    from cosmos_tui.presets import load_preset, save_user_preset
+
+    save_user_preset("2b-480p10-copy", load_preset("tiny-cpu").spec, "made earlier")
+    app = make_app(fake)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("3")
+        names = [p.name for p in app.screen.presets]
+        app.screen.query_one(OptionList).highlighted = names.index("2b-480p10")
+        await pilot.pause()
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="editor")
+        await wait_for(pilot, lambda: app.screen.pristine is not None, what="the form")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        assert "Overwrite your preset 2b-480p10-copy?" in screen_text(app)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="back in the editor")
+        assert load_preset("2b-480p10-copy").description == "made earlier"  # kept
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="the list")
+        assert load_preset("2b-480p10-copy").spec.model_size == "2B"  # the duplicate of 2b-480p10
+
+
 # -- critic --
 
 

@@ -172,7 +172,7 @@ class PresetEditor(FormScreen, Screen[str | None]):
             self.validate()
 
     def action_save(self) -> None:
-        from cosmos_tui.presets import PresetError, save_user_preset
+        from cosmos_tui.presets import preset_paths, preset_source
 
         if self.pristine is None:  # still loading
             return
@@ -181,6 +181,20 @@ class PresetEditor(FormScreen, Screen[str | None]):
             self.notify("fix the fields marked below first", severity="error")
             return
         name = self.query_one("#in-name", Input).value
+        target = preset_paths().get(name)
+        editing_it = self.preset.source == "user" and name == self.preset.name
+        if target is not None and preset_source(target) == "user" and not editing_it:
+            # a duplicate's "-copy" name, or a rename, that lands on another preset of the user's: ask first
+            from cosmos_tui.screens.confirm import ConfirmScreen
+
+            self.app.push_screen(ConfirmScreen(f"Overwrite your preset {name}?"),
+                                 lambda yes: self._write(name, spec) if yes else None)
+            return
+        self._write(name, spec)
+
+    def _write(self, name: str, spec) -> None:
+        from cosmos_tui.presets import PresetError, save_user_preset
+
         try:
             path = save_user_preset(name, spec, self.query_one("#in-description", Input).value)
         except PresetError as err:
