@@ -218,3 +218,58 @@ def test_loading_refuses_the_fp8_backend_where_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match=r"attention_backend: cudnn_fp8 \(experimental\): .*NVIDIA GPUs only; use auto"):
         pipe.load()
     assert pipe.dit is None  # refused before any weights were built
+
+
+def test_auto_takes_the_bf16_kernel_where_flex_flash_does_not_and_the_pattern_fits(kernels, monkeypatch):
+    """natten_impl auto on Hopper without flash-attn-4 (or with its flex lowering failed): cuDNN's block-sparse
+    kernel for a pattern of whole blocks, the gather path for the rest; a kernel that fails once is not
+    retried, with one warning."""
+    monkeypatch.setattr(attention_mod, "_flash_suits", lambda *a: False)
+    monkeypatch.setattr(attention_mod, "_CUDNN_FAILED", [])
+    # the real predicate's pattern check and failure memory, without its CUDA/bf16/device conditions
+    monkeypatch.setattr(attention_mod, "_cudnn_suits", lambda q6, w, s, d, b: not attention_mod._CUDNN_FAILED
+                        and not cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), w, s, d))
+    q, k, v = (t.reshape(2, -1, 2, 16) for t in qkv6())
+    params = {"window_size": WINDOW, "stride": STRIDE, "dilation": DIL}
+    out = attention_mod.natten_attention(q, k, v, GRID, params)
+    ref = reference_na(*(t.reshape(2, *GRID, 2, 16) for t in (q, k, v)), WINDOW, STRIDE, DIL).reshape(q.shape)
+    assert float((out - ref).norm() / ref.norm()) <= rms_rounding_bound(math.prod(WINDOW), 2)
+    assert kernels.calls == [{"kind": "bf16", "layout": "bshd", "count": 3, "block": 128}]
+    unaligned = {"window_size": UNALIGNED[1], "stride": UNALIGNED[2], "dilation": UNALIGNED[3]}
+    attention_mod.natten_attention(q, k, v, GRID, unaligned)
+    assert len(kernels.calls) == 1  # partial blocks: the gather path
+
+    def broken(*a, **kw):
+        kernels.calls.append({"kind": "broken"})
+        raise RuntimeError("this frontend refuses the shapes")
+
+    monkeypatch.setattr(sys.modules["cudnn.block_sparse_attention"], "block_sparse_attention_forward", broken)
+    with pytest.warns(RuntimeWarning, match="cuDNN's block-sparse kernel failed .*refuses the shapes"):
+        first = attention_mod.natten_attention(q, k, v, GRID, params)
+    second = attention_mod.natten_attention(q, k, v, GRID, params)
+    assert torch.equal(first, second) and float((first - ref).norm() / ref.norm()) <= rms_rounding_bound(
+        math.prod(WINDOW), 2)
+    assert len(kernels.calls) == 2  # tried once, then the gather path
+
+
+def test_cudnn_suits_only_bf16_hopper_patterns_of_whole_blocks(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(attention_mod, "_CUDNN_FAILED", [])
+    monkeypatch.setattr(cudnn_bsa, "unusable", lambda device: "")
+    suits = attention_mod._cudnn_suits
+
+    def layer(grid=GRID, dtype=torch.bfloat16, cuda=True, D=128):
+        return SimpleNamespace(is_cuda=cuda, device=torch.device("cuda", 0), dtype=dtype, shape=(1, *grid, 2, D))
+
+    assert suits(layer(), WINDOW, STRIDE, DIL, "auto") and suits(layer(), WINDOW, STRIDE, DIL, "natten")
+    assert not suits(layer(), WINDOW, STRIDE, DIL, "cudnn")  # a forced dense kernel is respected
+    assert not suits(layer(dtype=torch.float32), WINDOW, STRIDE, DIL, "auto")
+    assert not suits(layer(D=80), WINDOW, STRIDE, DIL, "auto")
+    assert not suits(layer(cuda=False), WINDOW, STRIDE, DIL, "auto")
+    assert not suits(layer(UNALIGNED[0]), *UNALIGNED[1:], "auto")
+    monkeypatch.setattr(cudnn_bsa, "unusable", lambda device: "not Hopper")
+    assert not suits(layer(), WINDOW, STRIDE, DIL, "auto")
+    monkeypatch.setattr(cudnn_bsa, "unusable", lambda device: "")
+    monkeypatch.setattr(attention_mod, "_CUDNN_FAILED", ["it failed before"])
+    assert not suits(layer(), WINDOW, STRIDE, DIL, "auto")

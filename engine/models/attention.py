@@ -274,12 +274,14 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
 # flash-attn-4's kernel, BACKEND=FLASH; needs flash_attn.cute and CUDA), or "auto".
 # "auto": na3d where libnatten's fused kernels exist (natten.HAS_LIBNATTEN, CUDA). Else, per layer, flex_flash
 # where flash-attn-4 is the dense kernel (Hopper) and the pattern is block-aligned on this grid (every
-# pattern of the tables at 720p), else "sparse". Measured on the H200 for the 28 layers of the 2B at 720p16,
+# pattern of the tables at 720p), else "cudnn" where nvidia-cudnn-frontend is usable and the pattern is
+# whole blocks of one count (973 ms against the gather path's 1343 for the 2B's 28 layers on one H100,
+# 2026-12-07; against flex_flash not yet timed on one card, so it comes second), else "sparse". Measured on the H200 for the 28 layers of the 2B at 720p16,
 # batch 2 (bench/RESULTS.md): flex_flash 1005 ms, sparse 1292 (fa4 inside), flex 1407; so plain flex is
 # never chosen. Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on
 # CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
 # "cudnn" / "cudnn_fp8": cuDNN frontend's block-sparse kernels, bf16 / Sage FP8 (cudnn_bsa.py; Hopper, block-
-# aligned patterns only; bf16 not yet timed against flex + fa4 on one card, so chosen only by name); with
+# aligned patterns only; bf16 is auto's second choice, above); with
 # attention_backend "cudnn_fp8" (benchmarks only, engine/spec.py), "auto" also takes "cudnn_fp8" where it fits.
 NATTEN_IMPLS = ("auto", "natten", "sparse", "flex", "flex_flash", "cudnn", "cudnn_fp8")
 FLASH = {"BACKEND": "FLASH"}
@@ -309,7 +311,27 @@ def _flash_suits(q6, window, stride, dilation, dense_backend) -> bool:
             and is_block_aligned(tuple(q6.shape[1:4]), window, stride, dilation))
 
 
-# Out of the compiled blocks (as both paths are): the alignment check is a cached host-side plan lookup.
+_CUDNN_FAILED: list[str] = []  # why cuDNN's block-sparse kernel failed once in this process
+
+
+def _cudnn_suits(q6, window, stride, dilation, dense_backend) -> bool:
+    """Whether "auto" runs this layer through cuDNN's bf16 block-sparse kernel when flex + fa4 does not: CUDA,
+    bf16, nvidia-cudnn-frontend usable on this GPU (Hopper), the dense backend not forced to a kernel, no
+    earlier failure, and the pattern whole 128-token blocks of one count per query block on this grid."""
+    from engine.models import cudnn_bsa
+
+    return (q6.is_cuda and not _CUDNN_FAILED and dense_backend in ("auto", "natten") and q6.dtype == torch.bfloat16
+            and q6.shape[-1] in (64, 96, 128) and not cudnn_bsa.unusable(q6.device)
+            and not cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation))
+
+
+def _fell_back(failures: list, what: str, e: Exception) -> None:
+    failures.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
+    warnings.warn(f"NATTEN through {what} failed ({failures[0]}); not trying it again in this process",
+                  RuntimeWarning, stacklevel=3)
+
+
+# Out of the compiled blocks (as every path is): the alignment checks are cached host-side plan lookups.
 @torch.compiler.disable
 def _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_backend):
     from engine.models.flex_natten import flex_neighborhood_attention
@@ -319,9 +341,14 @@ def _auto_neighborhood_attention(q6, k6, v6, window, stride, dilation, dense_bac
         try:
             return flex_neighborhood_attention(q6, k6, v6, window, stride, dilation, kernel_options=FLASH)
         except Exception as e:  # a torch or flash-attn-4 version whose flex FLASH lowering refuses this
-            _FLASH_FAILED.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
-            warnings.warn(f"NATTEN through flex + flash-attn-4 failed ({_FLASH_FAILED[0]}); using the gather "
-                          f"path (natten_impl='sparse') for the rest of this process", RuntimeWarning, stacklevel=2)
+            _fell_back(_FLASH_FAILED, "flex + flash-attn-4", e)
+    if _cudnn_suits(q6, window, stride, dilation, dense_backend):
+        from engine.models import cudnn_bsa
+
+        try:
+            return cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation)
+        except Exception as e:  # a frontend version or GPU whose kernel refuses these shapes
+            _fell_back(_CUDNN_FAILED, "cuDNN's block-sparse kernel", e)
     return neighborhood_attention(q6, k6, v6, window, stride, dilation, backend=dense_backend)
 
 

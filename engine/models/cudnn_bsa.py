@@ -15,7 +15,8 @@ block", so the FP8 kernel serves it too. Measured on an H100 (bench/RESULTS.md, 
 gather path to bf16 rounding on every 2B pattern, 973 ms for the 28 NATTEN layers (gather path 1343; not yet
 timed against flex + fa4 on one card); FP8 gains nothing there and 1.10x on dense attention, and its 2B dense
 video came out wrong end to end (cause not found), so specs cannot ask for attention_backend "cudnn_fp8"
-(engine/spec.py). Nothing selects this path unless asked for (natten_impl "cudnn" / "cudnn_fp8" by name).
+(engine/spec.py). natten_impl "auto" takes the bf16 kernel where flex + flash-attn-4 does not apply and the
+pattern fits (attention.py); "cudnn" / "cudnn_fp8" ask for it by name.
 
 Layout: q, k, v [B, T, H, W, N, D] for the sparse calls (as flex_natten), [B, L, N, D] for dense.
 """
