@@ -231,17 +231,22 @@ async def test_filter_by_state(fake):
 # -- job detail --
 
 
+async def open_only_job(pilot, app, jid):
+    """Open the job screen of the queue's one row; returns the screen."""
+    await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
+    table(app).focus()
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: getattr(app.screen, "job_id", None) == jid, what="job screen")
+    return app.screen
+
+
 async def test_a_job_without_gpu_memory_samples_draws_no_memory_plot(fake):
     a = fake.submit({"prompt": "on the cpu"}, preset="tiny-cpu")
     fake.start(a)
     fake.step(a, 0.4)  # a CPU job: steps, no memory events
     app = make_app(fake)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
-        table(app).focus()
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: getattr(app.screen, "job_id", None) == a, what="job screen")
-        screen = app.screen
+        screen = await open_only_job(pilot, app, a)
         await wait_for(pilot, lambda: screen.step_seconds == [0.4], what="the step event")
         assert not screen.query_one("#spark-mem", Sparkline).display
         assert "GPU memory" not in screen_text(app)
@@ -254,11 +259,7 @@ async def test_job_detail_progress_plots_and_log(fake):
     fake.step(a, 0.4, memory=1 * 1024**3)
     app = make_app(fake)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: table(app).row_count == 1, what="row")
-        table(app).focus()
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: getattr(app.screen, "job_id", None) == a, what="job screen")
-        screen = app.screen
+        screen = await open_only_job(pilot, app, a)
         await wait_for(pilot, lambda: screen.step_seconds == [0.4], what="first step event")
         fake.step(a, 0.6, memory=2 * 1024**3)
         await refreshed(pilot)
