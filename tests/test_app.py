@@ -405,15 +405,20 @@ async def test_model_level_errors_go_to_the_field_they_name(fake):
                     "guidance": ["200.0 is out of range"]}
 
 
+async def duplicate_preset(pilot, app, name: str) -> None:
+    """From the queue: the presets list, `name` selected, `d`; returns with the editor open."""
+    await pilot.press("3")
+    names = [p.name for p in app.screen.presets]
+    app.screen.query_one(OptionList).highlighted = names.index(name)
+    await pilot.pause()
+    await pilot.press("d")
+    await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="editor")
+
+
 async def test_duplicate_and_queue_from_a_preset(fake):
     app = make_app(fake)
     async with app.run_test(size=(100, 40)) as pilot:
-        await pilot.press("3")
-        names = [p.name for p in app.screen.presets]
-        app.screen.query_one(OptionList).highlighted = names.index("2b-480p10")
-        await pilot.pause()
-        await pilot.press("d")
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="editor")
+        await duplicate_preset(pilot, app, "2b-480p10")
         assert app.screen.query_one("#in-name", Input).value == "2b-480p10-copy"
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetsScreen", what="list")
@@ -428,12 +433,7 @@ async def test_saving_a_duplicate_over_another_of_the_users_presets_asks_first(f
     save_user_preset("2b-480p10-copy", load_preset("tiny-cpu").spec, "made earlier")
     app = make_app(fake)
     async with app.run_test(size=(100, 40)) as pilot:
-        await pilot.press("3")
-        names = [p.name for p in app.screen.presets]
-        app.screen.query_one(OptionList).highlighted = names.index("2b-480p10")
-        await pilot.pause()
-        await pilot.press("d")
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "PresetEditor", what="editor")
+        await duplicate_preset(pilot, app, "2b-480p10")
         await wait_for(pilot, lambda: app.screen.pristine is not None, what="the form")
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", what="the question")
