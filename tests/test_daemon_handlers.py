@@ -90,6 +90,12 @@ def test_retry_of_a_finished_job_queues_a_new_attempt_at_the_front(d):
     assert job["attempt_of"] == a and job["spec"] == h.op_job(d, {"job": a})["spec"]
     assert queued_ids(d) == [new, b]
 
+    # an input deleted since is refused now, naming the job and the field, not when the retry's turn comes
+    (d.cwd / "in.jpg").unlink()
+    with pytest.raises(SubmitError, match=f"^job {a}: input_path: 'in.jpg' does not exist"):
+        h.op_retry(d, {"job": a})
+    assert queued_ids(d) == [new, b]
+
 
 def test_dispatch_answers_refusals_by_kind():
     class Stub:

@@ -170,8 +170,14 @@ def op_retry(d, req):
     row = d.store.job(jid)
     if row["state"] not in TERMINAL:
         raise RequestError(f"job {jid} is {row['state']}; only finished, failed, cancelled or interrupted jobs can be retried")
+    # what may have changed since the first attempt was queued is checked now, not when the retry's turn
+    # comes: its input file, the checkpoints, this machine's GPUs (not its save_path: it is the attempt's own)
+    spec, cwd = row["spec"], row["cwd"]
+    check_inputs(spec, cwd, f"job {jid}: ")
+    check_gpu_memory(spec, d.gpu_totals, f"job {jid}: ")
+    check_checkpoints(spec, cwd, f"job {jid}: ")
     # same spec, same output path: a long video resumes from the chunks its first attempt saved
-    new = d.store.add_job(row["spec"], row["preset"], row["priority"], row["cwd"], attempt_of=jid, front=True)
+    new = d.store.add_job(spec, row["preset"], row["priority"], cwd, attempt_of=jid, front=True)
     d.job_log(new, f"job {new} queued: a new attempt of job {jid}")
     d.wake.set()
     return new
