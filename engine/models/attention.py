@@ -276,7 +276,8 @@ def adapt_natten_params(params: dict, grid: Sequence[int]) -> tuple[tuple, tuple
 # where flash-attn-4 is the dense kernel (Hopper) and the pattern is block-aligned on this grid (every
 # pattern of the tables at 720p), else "cudnn" where nvidia-cudnn-frontend is usable and the pattern is
 # whole blocks of one count (973 ms against the gather path's 1343 for the 2B's 28 layers on one H100,
-# 2026-12-07; against flex_flash not yet timed on one card, so it comes second), else "sparse". Measured on the H200 for the 28 layers of the 2B at 720p16,
+# 2026-12-07; against flex_flash not yet timed on one card, so it comes second), else "sparse". Measured on
+# the H200 for the 28 layers of the 2B at 720p16,
 # batch 2 (bench/RESULTS.md): flex_flash 1005 ms, sparse 1292 (fa4 inside), flex 1407; so plain flex is
 # never chosen. Without libnatten, na3d falls back to its own flex backend over (t h w) order, which on
 # CUDA was measured 4x slower than dense cuDNN and runs out of memory at 720p.
@@ -320,9 +321,8 @@ def _cudnn_suits(q6, window, stride, dilation, dense_backend) -> bool:
     earlier failure, and the pattern whole 128-token blocks of one count per query block on this grid."""
     from engine.models import cudnn_bsa
 
-    return (q6.is_cuda and not _CUDNN_FAILED and dense_backend in ("auto", "natten") and q6.dtype == torch.bfloat16
-            and q6.shape[-1] in (64, 96, 128) and not cudnn_bsa.unusable(q6.device)
-            and not cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation))
+    return (q6.is_cuda and not _CUDNN_FAILED and dense_backend in ("auto", "natten")
+            and not cudnn_bsa.neighborhood_problem(q6, window, stride, dilation))
 
 
 def _fell_back(failures: list, what: str, e: Exception) -> None:
@@ -358,8 +358,7 @@ def _fp8_neighborhood(q6, k6, v6, window, stride, dilation):
     the device, the inputs or the pattern do not fit it."""
     from engine.models import cudnn_bsa
 
-    if (cudnn_bsa.unusable(q6.device) or cudnn_bsa.fp8_input_problem(q6)
-            or cudnn_bsa.plan_problem(tuple(q6.shape[1:4]), window, stride, dilation)):
+    if cudnn_bsa.neighborhood_problem(q6, window, stride, dilation, fp8=True):
         return None
     return cudnn_bsa.bsa_neighborhood_attention(q6, k6, v6, window, stride, dilation, fp8=True)
 

@@ -64,6 +64,23 @@ def fp8_input_problem(t: torch.Tensor) -> str:
     return ""
 
 
+def bf16_input_problem(t: torch.Tensor) -> str:
+    """Why the bf16 kernel is not used for `t` ("" when it is): bf16 (the engine's GPU dtype), and the head sizes
+    its SM90 forward takes."""
+    if t.dtype != torch.bfloat16 or t.shape[-1] not in (64, 96, 128):
+        return (f"cuDNN block-sparse attention is used for bf16 with head size 64, 96 or 128; "
+                f"got {t.dtype}, {t.shape[-1]}")
+    return ""
+
+
+def neighborhood_problem(q6, window: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+                         fp8: bool = False) -> str:
+    """Why `bsa_neighborhood_attention` does not take this [B, T, H, W, N, D] layer ("" when it does): the
+    device, the inputs, or the pattern on this grid."""
+    return (unusable(q6.device) or (fp8_input_problem(q6) if fp8 else bf16_input_problem(q6))
+            or plan_problem(tuple(q6.shape[1:4]), window, stride, dilation))
+
+
 @dataclass(frozen=True)
 class BsaPlan:
     """A pattern's tile-order permutation and its key-block lists, on one device."""
