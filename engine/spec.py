@@ -44,6 +44,8 @@ DISABLED_CHOICES = {"attention_backend": ("cudnn_fp8",)}
 def offered_choices(name: str, choices) -> tuple:
     """`choices` of field `name` less its DISABLED_CHOICES: what a menu or --help lists."""
     return tuple(c for c in choices if c not in DISABLED_CHOICES.get(name, ()))
+
+
 SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # sbatch --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 SLURM_TIME_RE = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")

@@ -42,9 +42,15 @@ def _checked(d, overrides, preset: str | None, cwd: str | None, claimed: set[str
         # a path the user named is refused over a file no job wrote; the preset's path is not theirs to
         # fix from the TUI's form (it has no save_path field), so the store gives it a fresh name instead
         check_save_path(spec, cwd, claimed, source)
+    _fits_here(d, spec, cwd, source)
+    return spec
+
+
+def _fits_here(d, spec: dict, cwd: str | None, source: str = "") -> None:
+    """What this machine must have for the job, checked at submit, edit and retry: GPUs that can hold its
+    weights, and its checkpoints on disk."""
     check_gpu_memory(spec, d.gpu_totals, source)
     check_checkpoints(spec, cwd, source)
-    return spec
 
 
 def _priority(req: dict) -> int:
@@ -174,8 +180,7 @@ def op_retry(d, req):
     # comes: its input file, the checkpoints, this machine's GPUs (not its save_path: it is the attempt's own)
     spec, cwd = row["spec"], row["cwd"]
     check_inputs(spec, cwd, f"job {jid}: ")
-    check_gpu_memory(spec, d.gpu_totals, f"job {jid}: ")
-    check_checkpoints(spec, cwd, f"job {jid}: ")
+    _fits_here(d, spec, cwd, f"job {jid}: ")
     # same spec, same output path: a long video resumes from the chunks its first attempt saved
     new = d.store.add_job(spec, row["preset"], row["priority"], cwd, attempt_of=jid, front=True)
     d.job_log(new, f"job {new} queued: a new attempt of job {jid}")
@@ -276,8 +281,7 @@ def op_edit(d, req):
         raise RequestError(problem)
     others = {resolved_path(j["cwd"], j["spec"].get("save_path") or "") for j in d.store.jobs() if j["id"] != jid}
     spec = edit_spec(row["spec"], req.get("set"), d.gpu_count, row["cwd"], others)
-    check_gpu_memory(spec, d.gpu_totals)
-    check_checkpoints(spec, row["cwd"])
+    _fits_here(d, spec, row["cwd"])
     try:
         d.store.set_spec(jid, spec)
     except ValueError as err:  # it started while we checked
