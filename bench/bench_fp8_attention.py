@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.save import save_json  # noqa: E402
+
 E4M3_MAX = 448.0
 
 
